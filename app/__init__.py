@@ -1,0 +1,1 @@
+"""annserve's HTTP service: collections, durable vectors, the dual main/fresh index."""

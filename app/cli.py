@@ -1,0 +1,36 @@
+"""The `annserve` command: `serve` runs the HTTP service, `bench` the index benchmark harness."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help="annserve: vector search service")
+
+
+@cli.command()
+def serve(
+    host: Optional[str] = typer.Option(None, help="bind address [env ANNSERVE_HOST, default 127.0.0.1]"),
+    port: Optional[int] = typer.Option(None, help="TCP port [env ANNSERVE_PORT, default 8000]"),
+    data_dir: Optional[Path] = typer.Option(None, help="data directory [env ANNSERVE_DATA_DIR, default ./data]"),
+) -> None:
+    """Start the HTTP service with its embedded store (nothing else to start)."""
+    from .server import run
+
+    overrides = {"host": host, "port": port, "data_dir": data_dir}
+    run({name: value for name, value in overrides.items() if value is not None})
+
+
+def _register_bench() -> None:
+    from .bench import bench
+
+    cli.command(name="bench")(bench)
+
+
+_register_bench()
+
+
+def main() -> None:
+    cli()
