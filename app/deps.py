@@ -1,0 +1,38 @@
+"""Dependencies the routes share, as `Annotated` aliases (the full-stack-fastapi-template habit).
+
+They are `async def` on purpose: FastAPI runs a plain `def` dependency in the threadpool, which
+would cost a thread hop per request for what is a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Path, Request
+
+from .collection import Collection
+from .manager import CollectionManager
+from .settings import Settings
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_manager(request: Request) -> CollectionManager:
+    manager = request.app.state.manager
+    if manager is None or not manager.is_ready:
+        raise HTTPException(503, detail=request.app.state.not_ready_reason())
+    return manager
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ManagerDep = Annotated[CollectionManager, Depends(get_manager)]
+CollectionName = Annotated[str, Path(description="collection name")]
+
+
+async def get_collection(name: CollectionName, manager: ManagerDep) -> Collection:
+    return manager.get(name)  # NotFound -> 404
+
+
+CollectionDep = Annotated[Collection, Depends(get_collection)]

@@ -1,0 +1,172 @@
+"""The FastAPI application: lifespan (the collection manager), error mapping, middleware."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from pydantic.json_schema import models_json_schema
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .api import api_router
+from .api.body_limit import BodyLimitMiddleware
+from .api.metrics import MetricsMiddleware, ServiceMetrics
+from .api.raw_body import RAW_BODY_MODELS
+from .errors import Conflict, NotFound
+from .schemas import ErrorDetail
+from .manager import CollectionManager
+from .settings import Settings
+
+log = logging.getLogger("annserve")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service for `settings` (read from ANNSERVE_* when not given)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        manager = CollectionManager(settings)
+        app.state.manager = manager
+        # Opening loads every collection (indexes from disk, fresh items from the store), which
+        # can take a while: do it in the background so /healthz answers at once and /readyz
+        # says 503 until the manager is ready.
+        opener = threading.Thread(target=_open, args=(app, manager), name="annserve-open", daemon=True)
+        opener.start()
+        try:
+            yield
+        finally:
+            opener.join()
+            if app.state.open_error is None:
+                manager.close()
+            app.state.manager = None
+
+    app = FastAPI(
+        title="annserve",
+        version=_version(),
+        summary="Vector search: FAISS, hnswlib and in-house indexes behind one HTTP API",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.manager = None
+    app.state.open_error = None
+    app.state.not_ready_reason = lambda: _not_ready_reason(app)
+    app.state.metrics = ServiceMetrics(lambda: _live_collections(app))
+    app.include_router(api_router)
+    _add_error_handlers(app)
+    # Pure ASGI middleware (no BaseHTTPMiddleware: it would cost a task per request).
+    # The last added runs first: metrics see every request, 413s included.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.openapi = lambda: _openapi(app)
+    return app
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("annserve")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def _open(app: FastAPI, manager: CollectionManager) -> None:
+    try:
+        manager.open()
+    except Exception as exc:  # noqa: BLE001 - reported by /healthz and /readyz, and logged
+        log.exception("opening the collections failed")
+        app.state.open_error = exc
+
+
+def _not_ready_reason(app: FastAPI) -> str:
+    if app.state.open_error is not None:
+        error = app.state.open_error
+        return f"opening the collections failed: {type(error).__name__}: {error}"
+    return "not ready: the collections are still being loaded"
+
+
+def _live_collections(app: FastAPI) -> list:
+    manager = app.state.manager
+    return manager.list() if manager is not None and manager.is_ready else []
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error is `{"detail": "<what is wrong>"}`: engine errors map to 4xx by type."""
+
+    def handler(status: int):
+        async def handle(request: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse({"detail": str(exc) or type(exc).__name__}, status_code=status)
+
+        return handle
+
+    app.add_exception_handler(ValueError, handler(422))
+    app.add_exception_handler(NotFound, handler(404))
+    app.add_exception_handler(Conflict, handler(409))
+
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": describe_validation_errors(exc.errors())}, status_code=422)
+
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
+
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        # A 5xx is always a bug: log it whole, answer in the contract's shape.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, bug)
+
+
+def describe_validation_errors(errors: list[dict]) -> str:
+    """FastAPI's list of errors -> one readable line: `body.dim: Input should be ... (got 0)`."""
+    parts = []
+    for error in errors:
+        loc = ".".join(str(part) for part in error.get("loc", ()))
+        message = error.get("msg", "invalid")
+        if error.get("type") == "json_invalid":
+            message = f"invalid JSON ({error.get('ctx', {}).get('error', '')})"
+        text = f"{loc}: {message}" if loc else message
+        if "input" in error and error.get("type") not in ("missing", "json_invalid"):
+            text += f" (got {_short(error['input'])})"
+        parts.append(text)
+    return "; ".join(parts) or "invalid request"
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema plus the bodies of the routes that parse their raw body themselves."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        _, defs = models_json_schema(
+            [(model, "validation") for model in RAW_BODY_MODELS],
+            ref_template="#/components/schemas/{model}",
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(defs.get("$defs", {}))
+        # Validation errors are answered as {"detail": str} (see describe_validation_errors),
+        # not as FastAPI's list: say so wherever FastAPI documented its own 422 body.
+        for operation in (op for path in schema["paths"].values() for op in path.values()):
+            response = operation.get("responses", {}).get("422")
+            if response and "HTTPValidationError" in str(response):
+                response["content"]["application/json"]["schema"] = {"$ref": "#/components/schemas/ErrorDetail"}
+                components.setdefault("ErrorDetail", ErrorDetail.model_json_schema())
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,201 @@
+"""The HTTP API's request and response bodies (CONTRACT section 3), as pydantic models.
+
+Most routes validate with these models. The three hot routes (search, batch search, upsert)
+parse their raw body with orjson instead (see `app/api/parsing.py`) and use these models only
+to describe themselves in the OpenAPI schema: the checks there mirror the models below, field
+for field, and the extra caps that depend on settings (`max_k`, `max_batch`, ...) are stated
+in the field descriptions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Collection names become directory names on disk and path segments in URLs.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+Metric = Literal["cosine", "ip", "l2"]
+
+
+class _Request(BaseModel):
+    # An unknown field is an error, not ignored (a typo in "params" must not pass silently).
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Response(BaseModel):
+    # The engine may add fields (e.g. what `auto` picked); pass them through.
+    model_config = ConfigDict(extra="allow")
+
+
+# ---- errors -------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    detail: str = Field(description="what is wrong, with the numbers")
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: each status documented with the `{"detail": str}` body."""
+    text = {
+        401: "no API key",
+        403: "wrong API key",
+        404: "unknown collection, vector or job",
+        409: "conflicts with the current state",
+        413: "request body above the configured limit",
+        422: "invalid input",
+        503: "not ready",
+    }
+    return {code: {"model": ErrorDetail, "description": text[code]} for code in codes}
+
+
+# ---- collections --------------------------------------------------------------------------
+
+
+class IndexSpec(_Request):
+    kind: str = Field(
+        "auto",
+        description="an index kind (flat, ivf_flat, ivf_pq, pq, hnsw, hnswlib, lsh, forest) or "
+        "`auto` (picked from the collection's size at each rebuild)",
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="build parameters of the kind")
+
+
+class CollectionCreate(_Request):
+    name: str = Field(pattern=NAME_PATTERN, description="letters, digits, `_`, `-`, `.`; 1-64 chars")
+    dim: int = Field(ge=1, description="vector dimension (capped by ANNSERVE_MAX_DIM)")
+    metric: Metric = "cosine"
+    index: IndexSpec = Field(default_factory=IndexSpec)
+    shards: int = Field(1, ge=1, le=256, description="hash shards of the collection")
+
+
+class IndexInfo(_Response):
+    kind: str
+    params: dict[str, Any]
+    search_params: dict[str, Any]
+    built: bool
+
+
+class CollectionInfo(_Response):
+    name: str
+    dim: int
+    metric: Metric
+    index: IndexInfo
+    shards: int
+    count: int
+    main_count: int
+    fresh_count: int
+    last_rebuild_at: float | str | None = Field(description="when the main index was last built")
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionInfo]
+
+
+class CollectionDeleted(BaseModel):
+    name: str
+    deleted: bool = True
+
+
+# ---- vectors ------------------------------------------------------------------------------
+
+
+class UpsertItem(_Request):
+    id: str = Field(min_length=1, max_length=1024)
+    vector: list[float] | None = Field(None, description="`dim` finite numbers; or give vector_b64")
+    vector_b64: str | None = Field(None, description="base64 of `dim` little-endian float32")
+    payload: dict[str, Any] | None = None
+
+
+class UpsertRequest(_Request):
+    items: list[UpsertItem] = Field(
+        min_length=1, description="at most ANNSERVE_MAX_UPSERT_BATCH items; an existing id is replaced"
+    )
+
+
+class UpsertResponse(BaseModel):
+    upserted: int
+
+
+class VectorRecord(BaseModel):
+    id: str
+    vector: list[float]
+    payload: dict[str, Any] | None
+
+
+class DeleteIdsRequest(_Request):
+    ids: list[str] = Field(max_length=100_000)
+
+
+class DeletedCount(BaseModel):
+    deleted: int
+
+
+# ---- search -------------------------------------------------------------------------------
+
+_K = Field(10, ge=1, description="results per query, at most ANNSERVE_MAX_K")
+_PARAMS = Field(
+    default_factory=dict,
+    description="search parameters of the collection's index kind (ef, nprobe, ...); "
+    "override the collection's defaults for this request only; unknown names are an error",
+)
+_EXACT = Field(False, description="answer by brute force over the same live data")
+
+
+class SearchRequest(_Request):
+    """Exactly one of `vector`, `vector_b64`, `id` (search by a stored item, left out of its results)."""
+
+    vector: list[float] | None = None
+    vector_b64: str | None = Field(None, description="base64 of `dim` little-endian float32")
+    id: str | None = Field(None, description="search with the stored vector of this item")
+    k: int = _K
+    params: dict[str, Any] = _PARAMS
+    exact: bool = _EXACT
+
+
+class BatchSearchRequest(_Request):
+    """Exactly one of `vectors`, `vectors_b64`; at most ANNSERVE_MAX_BATCH queries."""
+
+    vectors: list[list[float]] | None = None
+    vectors_b64: str | None = Field(None, description="base64 of (n, dim) little-endian float32, row-major")
+    k: int = _K
+    params: dict[str, Any] = _PARAMS
+    exact: bool = _EXACT
+
+
+class SearchHit(BaseModel):
+    id: str
+    score: float = Field(description="cosine similarity / inner product (higher is better) or squared L2")
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit] = Field(description="best first")
+
+
+class BatchSearchResponse(BaseModel):
+    results: list[list[SearchHit]] = Field(description="one list per query, in order, best first")
+
+
+# ---- jobs, health -------------------------------------------------------------------------
+
+
+class RebuildRequest(_Request):
+    pass
+
+
+class RebuildAccepted(BaseModel):
+    job_id: str
+
+
+class JobInfo(_Response):
+    id: str
+    state: Literal["queued", "running", "succeeded", "failed"]
+    progress: float = Field(ge=0, le=1)
+    error: str | None
+    collection: str | None = None
+    created_at: float | str | None = None
+    finished_at: float | str | None = None
+
+
+class Status(BaseModel):
+    status: str

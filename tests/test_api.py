@@ -1,0 +1,380 @@
+"""The HTTP API in process (TestClient) over the real engine: every route, every 4xx.
+
+Every error must be `{"detail": str}` naming the numbers; a 5xx is always a bug.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from indexes import brute_force_knn
+
+MAX_BODY = 256 * 1024
+N = 2000  # glove rows loaded into the search tests' collection
+
+
+@pytest.fixture()
+def client(tmp_path):
+    settings = Settings(
+        data_dir=tmp_path / "data", max_body_bytes=MAX_BODY, max_k=100, max_batch=8, max_upsert_batch=1000
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/readyz").json()
+            time.sleep(0.02)
+        yield client
+
+
+def create(client, name="c", dim=50, metric="cosine", kind="flat", params=None, expect=201):
+    body = {"name": name, "dim": dim, "metric": metric, "index": {"kind": kind, "params": params or {}}}
+    response = client.post("/collections", json=body)
+    assert response.status_code == expect, response.text
+    return response.json()
+
+
+def upsert(client, name, vectors, start=0, payload=None):
+    items = [
+        {"id": f"v{start + i}", "vector": v.tolist(), "payload": payload} for i, v in enumerate(vectors)
+    ]
+    for lo in range(0, len(items), 500):
+        response = client.post(f"/collections/{name}/vectors", json={"items": items[lo : lo + 500]})
+        assert response.status_code == 200, response.text
+        assert response.json() == {"upserted": len(items[lo : lo + 500])}
+
+
+def error(response, status, *fragments):
+    """Assert an error answer: the status, a string detail, and the fragments in it."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"detail"} and isinstance(body["detail"], str), body
+    for fragment in fragments:
+        assert fragment in body["detail"], (fragment, body["detail"])
+    return body["detail"]
+
+
+@pytest.fixture()
+def loaded(client, glove):
+    """Collection `g` (flat, cosine) holding the first N glove rows as v0..v{N-1}."""
+    create(client, "g")
+    upsert(client, "g", glove.base[:N])
+    return client
+
+
+def b64(x: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(x, dtype="<f4").tobytes()).decode()
+
+
+# ---- health, metrics, OpenAPI -------------------------------------------------------------
+
+
+def test_health_ready_and_metrics(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+    create(client, "m", dim=4)
+    client.post("/collections/m/vectors", json={"items": [{"id": "secret-id", "vector": [1, 2, 3, 4]}]})
+    client.get("/collections/m/vectors/secret-id")
+    text = client.get("/metrics").text
+    assert 'annserve_requests_total{method="GET",route="/collections/{name}/vectors/{item_id:path}",status="200"}' in text
+    assert "annserve_request_duration_seconds_bucket" in text
+    assert 'annserve_collection_items{collection="m",part="fresh"}' in text or (
+        'annserve_collection_items{collection="m",part="main"} 1.0' in text
+    )
+    assert "secret-id" not in text  # ids never become label values
+
+
+def test_openapi_describes_every_route(client):
+    schema = client.get("/openapi.json").json()
+    routes = {(method.upper(), path) for path, ops in schema["paths"].items() for method in ops}
+    assert routes >= {
+        ("POST", "/collections"),
+        ("GET", "/collections"),
+        ("GET", "/collections/{name}"),
+        ("DELETE", "/collections/{name}"),
+        ("POST", "/collections/{name}/vectors"),
+        ("GET", "/collections/{name}/vectors/{item_id}"),
+        ("DELETE", "/collections/{name}/vectors/{item_id}"),
+        ("POST", "/collections/{name}/vectors/delete"),
+        ("POST", "/collections/{name}/search"),
+        ("POST", "/collections/{name}/search/batch"),
+        ("POST", "/collections/{name}/rebuild"),
+        ("GET", "/jobs/{job_id}"),
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/metrics"),
+    }
+    components = schema["components"]["schemas"]
+    search = schema["paths"]["/collections/{name}/search"]["post"]
+    assert search["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/SearchRequest")
+    assert search["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/SearchResponse")
+    assert set(components["SearchRequest"]["properties"]) == {"vector", "vector_b64", "id", "k", "params", "exact"}
+    assert "UpsertRequest" in components and "BatchSearchRequest" in components
+    # Our 422s are {"detail": str}, not FastAPI's list: the schema must say so.
+    assert "HTTPValidationError" not in components
+    assert search["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorDetail")
+
+
+# ---- collections --------------------------------------------------------------------------
+
+
+def test_collection_lifecycle(client):
+    info = create(client, "docs", dim=8, metric="l2", kind="hnswlib", params={"M": 8})
+    assert {"name", "dim", "metric", "index", "shards", "count", "main_count", "fresh_count",
+            "last_rebuild_at"} <= set(info)
+    assert (info["name"], info["dim"], info["metric"], info["count"]) == ("docs", 8, "l2", 0)
+    assert info["index"]["kind"] == "hnswlib"
+    error(client.post("/collections", json={"name": "docs", "dim": 8}), 409, "docs")
+    assert [c["name"] for c in client.get("/collections").json()["collections"]] == ["docs"]
+    assert client.get("/collections/docs").json()["dim"] == 8
+    assert client.delete("/collections/docs").status_code == 200
+    error(client.get("/collections/docs"), 404, "docs")
+    error(client.delete("/collections/docs"), 404, "docs")
+    assert client.get("/collections").json() == {"collections": []}
+
+
+@pytest.mark.parametrize(
+    ("body", "fragments"),
+    [
+        ({"name": "x", "dim": 0}, ["dim", "1", "got 0"]),
+        ({"name": "x", "dim": 5000}, ["dim", "4096", "5000"]),
+        ({"name": "x", "dim": 8, "metric": "hamming"}, ["metric", "hamming"]),
+        ({"name": "x", "dim": 8, "colour": "red"}, ["colour"]),
+        ({"name": "../etc", "dim": 8}, ["name"]),
+        ({"dim": 8}, ["name"]),
+        ({"name": "x", "dim": 8, "index": {"kind": "quantum"}}, ["quantum"]),
+        ({"name": "x", "dim": 8, "index": {"kind": "hnswlib", "params": {"ef_search": 5}}}, ["ef_search"]),
+        ({"name": "x", "dim": 8, "shards": 0}, ["shards", "got 0"]),
+    ],
+)
+def test_create_collection_rejects(client, body, fragments):
+    error(client.post("/collections", json=body), 422, *fragments)
+    assert client.get("/collections").json() == {"collections": []}
+
+
+def test_invalid_json_is_422(client):
+    create(client, "j", dim=2)
+    for path in ("/collections", "/collections/j/search", "/collections/j/vectors"):
+        response = client.post(path, content=b'{"name": ', headers={"content-type": "application/json"})
+        error(response, 422, "JSON")
+    error(client.post("/collections/j/search", content=b"[1, 2]"), 422, "object")
+
+
+# ---- vectors ------------------------------------------------------------------------------
+
+
+def test_upsert_get_replace_delete(client, glove):
+    create(client, "v")
+    upsert(client, "v", glove.base[:20], payload={"lang": "en"})
+    got = client.get("/collections/v/vectors/v3").json()
+    assert got["id"] == "v3" and got["payload"] == {"lang": "en"}
+    np.testing.assert_allclose(got["vector"], glove.base[3], rtol=1e-6)
+    assert client.get("/collections/v").json()["count"] == 20
+
+    # Replace: same id, new vector (as base64) and payload.
+    item = {"id": "v3", "vector_b64": b64(glove.base[100]), "payload": {"lang": "fr"}}
+    assert client.post("/collections/v/vectors", json={"items": [item]}).json() == {"upserted": 1}
+    got = client.get("/collections/v/vectors/v3").json()
+    assert got["payload"] == {"lang": "fr"}
+    np.testing.assert_allclose(got["vector"], glove.base[100], rtol=1e-6)
+    assert client.get("/collections/v").json()["count"] == 20
+
+    # Ids with slashes and spaces round-trip through the path.
+    odd = {"id": "a/b c", "vector": glove.base[0].tolist()}
+    client.post("/collections/v/vectors", json={"items": [odd]})
+    assert client.get("/collections/v/vectors/a%2Fb%20c").json()["id"] == "a/b c"
+
+    assert client.delete("/collections/v/vectors/v3").json() == {"deleted": 1}
+    error(client.get("/collections/v/vectors/v3"), 404, "v3")
+    error(client.delete("/collections/v/vectors/v3"), 404, "v3")
+    response = client.post("/collections/v/vectors/delete", json={"ids": ["v1", "v2", "v3", "nope"]})
+    assert response.json() == {"deleted": 2}
+    assert client.get("/collections/v").json()["count"] == 21 - 3
+    error(client.get("/collections/nope/vectors/v1"), 404, "nope")
+    error(client.post("/collections/v/vectors/delete", json={"ids": "v1"}), 422, "ids")
+
+
+@pytest.mark.parametrize(
+    ("items", "fragments"),
+    [
+        ([{"id": "a", "vector": [0.5] * 49}], ["expected 50", "got 49"]),
+        ([{"id": "a", "vector": [0.5] * 50}, {"id": "b", "vector": [0.5] * 51}], ["items[1]", "expected 50", "got 51"]),
+        ([{"id": "a", "vector": [0.5] * 49 + ["x"]}], ["numbers", "'x'"]),
+        ([{"id": "a", "vector": [0.5] * 49 + ["NaN"]}], ["numbers", "'NaN'"]),
+        ([{"id": "a", "vector": [0.5] * 49 + [None]}], ["numbers", "None"]),
+        ([{"id": "a", "vector": [0.5] * 49 + [1e39]}], ["finite", "1 NaN/Inf"]),
+        ([{"id": "a", "vector": [[0.5]] * 50}], ["nested"]),
+        ([{"id": "a", "vector": []}], ["expected 50", "got 0"]),
+        ([{"id": "a"}], ["exactly one of vector, vector_b64"]),
+        ([{"id": "a", "vector": [0.5] * 50, "vector_b64": "AAAA"}], ["exactly one"]),
+        ([{"id": "a", "vector_b64": base64.b64encode(b"\0" * 196).decode()}], ["200 bytes", "got 196"]),
+        ([{"id": "a", "vector_b64": "not base64!"}], ["base64"]),
+        ([{"id": 7, "vector": [0.5] * 50}], ["items[0].id", "7"]),
+        ([{"id": "", "vector": [0.5] * 50}], ["items[0].id"]),
+        ([{"id": "a", "vector": [0.5] * 50, "payload": [1]}], ["payload"]),
+        ([{"id": "a", "vector": [0.5] * 50, "meta": {}}], ["unknown", "meta"]),
+        ([], ["non-empty"]),
+        ([{"id": f"i{i}", "vector": [0.5] * 50} for i in range(1001)], ["at most 1000", "got 1001"]),
+    ],
+)
+def test_upsert_rejects(client, items, fragments):
+    create(client, "u")
+    error(client.post("/collections/u/vectors", json={"items": items}), 422, *fragments)
+    assert client.get("/collections/u").json()["count"] == 0
+
+
+def test_upsert_rejects_unknown_fields_and_collections(client):
+    create(client, "u", dim=2)
+    error(client.post("/collections/u/vectors", json={"items": [], "upsert": True}), 422, "upsert")
+    error(client.post("/collections/u/vectors", content=b'{"items": [{"id": "a", "vector": [1, 1e999]}]}'), 422)
+    error(client.post("/collections/nope/vectors", json={"items": [{"id": "a", "vector": [1, 2]}]}), 404, "nope")
+
+
+# ---- search -------------------------------------------------------------------------------
+
+
+def test_search_by_vector_matches_exact(loaded, glove):
+    queries = glove.queries[:20]
+    truth, _ = brute_force_knn(glove.base[:N], queries, 10, "cosine")
+    for q, row in zip(queries, truth):
+        hits = loaded.post("/collections/g/search", json={"vector": q.tolist(), "k": 10}).json()["results"]
+        assert [h["id"] for h in hits] == [f"v{i}" for i in row]
+        scores = [h["score"] for h in hits]
+        assert scores == sorted(scores, reverse=True) and -1.0 <= scores[-1] <= scores[0] <= 1.0
+    hits = loaded.post("/collections/g/search", json={"vector": queries[0].tolist(), "k": 3, "exact": True})
+    assert [h["id"] for h in hits.json()["results"]] == [f"v{i}" for i in truth[0][:3]]
+
+
+def test_search_by_id_leaves_the_item_out(loaded, glove):
+    hits = loaded.post("/collections/g/search", json={"id": "v7", "k": 5}).json()["results"]
+    assert len(hits) == 5 and "v7" not in [h["id"] for h in hits]
+    truth, _ = brute_force_knn(glove.base[:N], glove.base[7:8], 6, "cosine")
+    assert [h["id"] for h in hits] == [f"v{i}" for i in truth[0] if i != 7][:5]
+    error(loaded.post("/collections/g/search", json={"id": "missing"}), 404, "missing")
+
+
+def test_search_with_base64_and_batches(loaded, glove):
+    q = glove.queries[:3]
+    by_list = [loaded.post("/collections/g/search", json={"vector": v.tolist()}).json() for v in q]
+    by_b64 = [loaded.post("/collections/g/search", json={"vector_b64": b64(v)}).json() for v in q]
+    assert [[h["id"] for h in r["results"]] for r in by_b64] == [[h["id"] for h in r["results"]] for r in by_list]
+    batch = loaded.post("/collections/g/search/batch", json={"vectors": q.tolist(), "k": 10}).json()
+    batch_b64 = loaded.post("/collections/g/search/batch", json={"vectors_b64": b64(q), "k": 10}).json()
+    expected = [[h["id"] for h in r["results"]] for r in by_list]
+    assert [[h["id"] for h in row] for row in batch["results"]] == expected
+    assert [[h["id"] for h in row] for row in batch_b64["results"]] == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "fragments"),
+    [
+        ({"vector": [0.1] * 49}, ["expected 50", "got 49"]),
+        ({"vector": []}, ["expected 50", "got 0"]),
+        ({"vector": [0.1] * 49 + ["NaN"]}, ["numbers", "'NaN'"]),
+        ({"vector": [0.1] * 49 + [3.5e38 * 10]}, ["finite"]),
+        ({"vector": "0.1,0.2"}, ["list of 50 numbers", "string"]),
+        ({"vector": [0.1] * 50, "k": 0}, ["k", "1..100", "got 0"]),
+        ({"vector": [0.1] * 50, "k": 101}, ["k", "1..100", "got 101"]),
+        ({"vector": [0.1] * 50, "k": "10"}, ["k", "'10'"]),
+        ({"vector": [0.1] * 50, "k": 2.5}, ["k", "2.5"]),
+        ({"vector": [0.1] * 50, "params": {"nprobe": 4}}, ["nprobe"]),
+        ({"vector": [0.1] * 50, "params": [1]}, ["params"]),
+        ({"vector": [0.1] * 50, "exact": "yes"}, ["exact", "'yes'"]),
+        ({"vector": [0.1] * 50, "top_k": 5}, ["unknown", "top_k"]),
+        ({"vector": [0.1] * 50, "id": "v1"}, ["exactly one", "vector", "id"]),
+        ({"k": 5}, ["exactly one"]),
+        ({"id": 12}, ["id", "12"]),
+        ({"vector_b64": b64(np.ones(49))}, ["200 bytes", "196"]),
+    ],
+)
+def test_search_rejects(loaded, body, fragments):
+    error(loaded.post("/collections/g/search", json=body), 422, *fragments)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragments"),
+    [
+        ({"vectors": [[0.1] * 50] * 9}, ["at most 8", "got 9"]),
+        ({"vectors": [[0.1] * 50, [0.1] * 49]}, ["vectors[1]", "expected 50", "got 49"]),
+        ({"vectors": []}, ["non-empty"]),
+        ({"vectors": [[0.1] * 50], "vectors_b64": "AAAA"}, ["exactly one"]),
+        ({"vectors_b64": b64(np.ones((9, 50)))}, ["at most 8", "got 9"]),
+        ({"vectors_b64": b64(np.ones(75))}, ["multiple of 200 bytes", "300"]),
+        ({"vectors": [[0.1] * 50], "k": 0}, ["1..100"]),
+        ({"vector": [0.1] * 50}, ["unknown", "vector"]),
+    ],
+)
+def test_batch_search_rejects(loaded, body, fragments):
+    error(loaded.post("/collections/g/search/batch", json=body), 422, *fragments)
+
+
+def test_search_unknown_collection_is_404(client):
+    error(client.post("/collections/nope/search", json={"vector": [1.0]}), 404, "nope")
+    error(client.post("/collections/nope/search/batch", json={"vectors": [[1.0]]}), 404, "nope")
+
+
+def test_search_params_override_per_request(client, glove):
+    create(client, "h", kind="hnswlib")
+    upsert(client, "h", glove.base[:500])
+    job = client.post("/collections/h/rebuild").json()["job_id"]
+    wait_job(client, job)
+    body = {"vector": glove.queries[0].tolist(), "k": 10, "params": {"ef": 64}}
+    assert len(client.post("/collections/h/search", json=body).json()["results"]) == 10
+    error(client.post("/collections/h/search", json={**body, "params": {"nprobe": 3}}), 422, "nprobe")
+
+
+# ---- limits -------------------------------------------------------------------------------
+
+
+def test_body_too_large_is_413(client):
+    create(client, "b", dim=2)
+    big = b'{"items": [' + b" " * MAX_BODY + b"]}"
+    detail = error(client.post("/collections/b/vectors", content=big), 413, str(MAX_BODY))
+    assert str(len(big)) in detail
+
+    def chunks():  # no Content-Length: the limit counts the streamed bytes
+        yield b'{"items": ['
+        for _ in range(MAX_BODY // 4096 + 2):
+            yield b" " * 4096
+        yield b"]}"
+
+    error(client.post("/collections/b/vectors", content=chunks()), 413, str(MAX_BODY))
+    error(client.post("/collections/b/search", content=chunks()), 413, str(MAX_BODY))
+    assert client.get("/collections/b").json()["count"] == 0
+
+
+# ---- rebuild and jobs ---------------------------------------------------------------------
+
+
+def wait_job(client, job_id, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/jobs/{job_id}").json()
+        assert {"id", "state", "progress", "error"} <= set(job)
+        assert 0.0 <= job["progress"] <= 1.0
+        if job["state"] in ("succeeded", "failed"):
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+
+
+def test_rebuild_job_and_conflict(client, glove):
+    create(client, "r", kind="hnswlib", params={"M": 32, "ef_construction": 400})
+    upsert(client, "r", glove.base)
+    response = client.post("/collections/r/rebuild", json={})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    error(client.post("/collections/r/rebuild"), 409, "r")
+    job = wait_job(client, job_id)
+    assert job["state"] == "succeeded" and job["progress"] == 1.0 and job["error"] is None, job
+    info = client.get("/collections/r").json()
+    assert info["main_count"] == len(glove.base) and info["index"]["built"] is True
+    error(client.get("/jobs/no-such-job"), 404, "no-such-job")
+    error(client.post("/collections/nope/rebuild"), 404, "nope")
+    error(client.post("/collections/r/rebuild", json={"force": True}), 422, "force")
