@@ -1,0 +1,207 @@
+"""The collection engine's front door: creates, opens, lists and deletes collections under
+`<data_dir>/collections/`, runs their rebuilds as jobs, and triggers rebuilds on its own when a
+fresh index outgrows `fresh_limit`, every `rebuild_interval_seconds`, and after a start-up that
+found an unreadable index file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from indexes import METRICS, create_index
+
+from .auto import AUTO
+from .collection import SPEC_FILE, Collection, CollectionSpec
+from .errors import Conflict, NotFound
+from .jobs import Job, JobRegistry
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+AUTO_RETRY_SECONDS = 60.0  # after a failed automatic rebuild, wait this long before the next
+SEARCH_THREADS = 8  # shard fan-out; the index libraries release the GIL while they search
+
+
+class CollectionManager:
+    """Every collection of one data directory. `open()` before use, `close()` at the end."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = Path(settings.data_dir) / "collections"
+        self.jobs = JobRegistry()
+        self.is_ready = False
+        self._collections: dict[str, Collection] = {}
+        self._lock = threading.RLock()  # create/delete/open; lookups read the dict without it
+        self._executor = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="annserve-shard")
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._auto_failed_at: dict[str, float] = {}
+        self._closed = False
+
+    # ---- lifetime ----
+
+    def open(self) -> None:
+        """Load every collection under data_dir and start the rebuild triggers."""
+        with self._lock:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for path in sorted(self.root.iterdir()):
+                if path.name.startswith("."):
+                    # A create or delete that a crash interrupted: never a live collection.
+                    shutil.rmtree(path, ignore_errors=True)
+                    continue
+                if not (path / SPEC_FILE).is_file():
+                    continue
+                try:
+                    collection = self._open_collection(path, CollectionSpec.load(path))
+                except Exception:
+                    log.exception("cannot open collection in %s; it is not served", path)
+                    continue
+                self._collections[collection.name] = collection
+                if collection.needs_rebuild:
+                    self._auto_rebuild(collection.name)
+        if self.settings.rebuild_interval_seconds > 0:
+            self._ticker = threading.Thread(target=self._tick, name="annserve-rebuild-timer", daemon=True)
+            self._ticker.start()
+        self.is_ready = True
+
+    def close(self) -> None:
+        """Stop the triggers, let a running rebuild stop, close every store. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self.is_ready = False
+            self._stop.set()
+            collections = list(self._collections.values())
+            self._collections.clear()
+        for collection in collections:
+            collection.stop()
+        self.jobs.close()
+        for collection in collections:
+            collection.close()
+        if self._ticker is not None:
+            self._ticker.join()
+        self._executor.shutdown(wait=True)
+
+    # ---- collections ----
+
+    def create(
+        self, name: str, dim: int, metric: str, index_kind: str, index_params: dict, shards: int = 1
+    ) -> Collection:
+        """A new, empty collection. ValueError for a bad name, dim, metric, kind, build params
+        or shard count; Conflict if `name` exists."""
+        index_params = dict(index_params or {})
+        self._check_spec(name, dim, metric, index_kind, index_params, shards)
+        spec = CollectionSpec(
+            name, int(dim), metric, index_kind, index_params, int(shards),
+            datetime.now(timezone.utc).isoformat(),
+        )
+        with self._lock:
+            self._check_open()
+            final = self.root / name
+            if name in self._collections or final.exists():
+                raise Conflict(f"collection {name!r} already exists")
+            # Built under a hidden name and renamed: a crash never leaves half a collection.
+            staging = self.root / f".new-{name}-{uuid.uuid4().hex[:8]}"
+            staging.mkdir(parents=True)
+            spec.save(staging)
+            os.replace(staging, final)
+            collection = self._open_collection(final, spec)
+            self._collections[name] = collection
+        return collection
+
+    def _check_spec(
+        self, name: Any, dim: Any, metric: Any, kind: Any, params: dict, shards: Any
+    ) -> None:
+        if not isinstance(name, str) or not NAME.match(name):
+            raise ValueError(
+                f"name: expected 1 to 64 characters from A-Z a-z 0-9 _ . - starting with a letter "
+                f"or digit, got {name!r}"
+            )
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= self.settings.max_dim:
+            raise ValueError(f"dim: expected an integer from 1 to {self.settings.max_dim}, got {dim!r}")
+        if metric not in METRICS:
+            raise ValueError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}")
+        if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+            raise ValueError(f"shards: expected an integer >= 1, got {shards!r}")
+        if kind == AUTO:
+            if params:
+                raise ValueError(
+                    f"index kind 'auto' picks its own parameters; got build parameter(s) {sorted(params)}"
+                )
+            return
+        # The kind itself checks the kind name, the kind/metric pair and every build parameter.
+        create_index(kind, dim, metric, **params)
+
+    def get(self, name: str) -> Collection:
+        collection = self._collections.get(name)
+        if collection is None:
+            raise NotFound(f"collection {name!r} not found")
+        return collection
+
+    def list(self) -> list[Collection]:
+        return sorted(self._collections.values(), key=lambda c: c.name)
+
+    def delete(self, name: str) -> None:
+        """Delete the collection and its files; NotFound if absent."""
+        with self._lock:
+            collection = self.get(name)
+            del self._collections[name]
+            collection.close()
+            # Renamed first, so a crash during the removal cannot resurrect half a collection.
+            doomed = self.root / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
+            os.replace(collection.path, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            self._auto_failed_at.pop(name, None)
+
+    def _open_collection(self, path: Path, spec: CollectionSpec) -> Collection:
+        return Collection(path, spec, self.settings, self._executor, self._auto_rebuild)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Conflict("the collection manager is closed")
+
+    # ---- rebuilds ----
+
+    def start_rebuild(self, name: str) -> Job:
+        """Queue a rebuild of `name`; NotFound if absent, Conflict while one is queued/running."""
+        collection = self.get(name)
+        return self.jobs.submit(name, collection.rebuild)
+
+    def _auto_rebuild(self, name: str) -> None:
+        """Start a rebuild unless one is active or an automatic one failed recently (a kind
+        that cannot be built from this data should not be retried on every write)."""
+        if self.jobs.active(name) is not None or self._closed:
+            return
+        failed_at = self._auto_failed_at.get(name)
+        if failed_at is not None and time.monotonic() - failed_at < AUTO_RETRY_SECONDS:
+            return
+        try:
+            collection = self.get(name)
+            self.jobs.submit(name, lambda report: self._run_auto(collection, report))
+        except (Conflict, NotFound):
+            pass  # another trigger won the race, or the collection went away meanwhile
+
+    def _run_auto(self, collection: Collection, report: Any) -> None:
+        try:
+            collection.rebuild(report)
+        except Exception:
+            self._auto_failed_at[collection.name] = time.monotonic()
+            raise
+        self._auto_failed_at.pop(collection.name, None)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.settings.rebuild_interval_seconds):
+            for collection in self.list():
+                if collection.fresh_count > 0:
+                    self._auto_rebuild(collection.name)
