@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .collection import MAX_ID_CHARS
+
 # Collection names become directory names on disk and path segments in URLs.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Metric = Literal["cosine", "ip", "l2"]
@@ -73,7 +75,9 @@ class IndexInfo(_Response):
     kind: str
     params: dict[str, Any]
     search_params: dict[str, Any]
-    built: bool
+    built: dict[str, Any] | None = Field(
+        description="kind and build parameters of the main index in use; null before the first build"
+    )
 
 
 class CollectionInfo(_Response):
@@ -85,7 +89,7 @@ class CollectionInfo(_Response):
     count: int
     main_count: int
     fresh_count: int
-    last_rebuild_at: float | str | None = Field(description="when the main index was last built")
+    last_rebuild_at: str | None = Field(description="when the main index was last built (ISO 8601, UTC)")
 
 
 class CollectionList(BaseModel):
@@ -101,7 +105,7 @@ class CollectionDeleted(BaseModel):
 
 
 class UpsertItem(_Request):
-    id: str = Field(min_length=1, max_length=1024)
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
     vector: list[float] | None = Field(None, description="`dim` finite numbers; or give vector_b64")
     vector_b64: str | None = Field(None, description="base64 of `dim` little-endian float32")
     payload: dict[str, Any] | None = None
@@ -193,8 +197,8 @@ class JobInfo(_Response):
     progress: float = Field(ge=0, le=1)
     error: str | None
     collection: str | None = None
-    created_at: float | str | None = None
-    finished_at: float | str | None = None
+    created_at: str | None = Field(None, description="ISO 8601, UTC")
+    finished_at: str | None = Field(None, description="ISO 8601, UTC")
 
 
 class Status(BaseModel):

@@ -64,4 +64,4 @@ def rebuild_collection(
 ) -> dict:
     """Start building a new main index in the background; poll `GET /jobs/{job_id}`. 409 while one runs."""
     job = manager.start_rebuild(name)
-    return {"job_id": job.to_dict()["id"]}
+    return {"job_id": job.id}

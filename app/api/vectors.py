@@ -6,6 +6,7 @@ import numpy as np
 from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
 
+from ..collection import MAX_ID_CHARS
 from ..deps import CollectionDep, SettingsDep
 from ..errors import NotFound
 from ..schemas import (
@@ -62,8 +63,8 @@ def parse_items(items, dim: int, max_items: int) -> tuple[list[str], np.ndarray,
                 f"expected some of {sorted(_ITEM_FIELDS)}"
             )
         item_id = item.get("id")
-        if not isinstance(item_id, str) or not item_id or len(item_id) > 1024:
-            raise ValueError(f"items[{i}].id: expected a string of 1 to 1024 characters, got {item_id!r}")
+        if not isinstance(item_id, str) or not 1 <= len(item_id) <= MAX_ID_CHARS:
+            raise ValueError(f"items[{i}].id: expected a string of 1 to {MAX_ID_CHARS} characters, got {item_id!r}")
         payload = item.get("payload")
         if payload is not None and not isinstance(payload, dict):
             raise ValueError(f"items[{i}].payload: expected an object or null, got {type(payload).__name__}")
