@@ -1,0 +1,383 @@
+"""The collection engine on real data (GloVe 10K x 50, cosine): dual main/fresh index, rebuilds,
+deletes and replacements, restart, corrupt index files, shards, the `auto` kind, input checks.
+Every quality check compares with exact search (indexes.brute_force_knn)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.errors import Conflict, NotFound
+from app.manager import CollectionManager
+from app.settings import Settings
+from indexes import brute_force_knn, recall_at_k
+
+K = 10
+RECALL_FLOOR = 0.95  # hnswlib main + exact fresh, default parameters
+
+
+def ids_for(rows) -> list[str]:
+    return [f"g{r}" for r in rows]
+
+
+def rows_of(results) -> np.ndarray:
+    """(nq, k) base row numbers of search results whose ids are g<row>."""
+    return np.array([[int(item_id[1:]) for item_id, _ in hits] for hits in results])
+
+
+def open_manager(path: Path, **settings) -> CollectionManager:
+    manager = CollectionManager(Settings(data_dir=path, **settings))
+    manager.open()
+    return manager
+
+
+def wait(job, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while job.state in ("queued", "running"):
+        assert time.monotonic() < deadline, f"job still {job.state} at {job.progress:.0%}"
+        time.sleep(0.05)
+    return job
+
+
+def fill(collection, base: np.ndarray, rows, batch: int = 1000) -> None:
+    rows = list(rows)
+    for start in range(0, len(rows), batch):
+        part = rows[start : start + batch]
+        collection.upsert(ids_for(part), base[part], [{"row": r} for r in part])
+
+
+@pytest.fixture()
+def manager(tmp_path):
+    m = open_manager(tmp_path)
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, glove):
+    """hnswlib collection: rows 0..7999 in main, 8000..9999 in fresh."""
+    m = open_manager(tmp_path_factory.mktemp("mixed"))
+    c = m.create("glove", glove.dim, "cosine", "hnswlib", {})
+    fill(c, glove.base, range(8000))
+    assert wait(m.start_rebuild("glove")).state == "succeeded"
+    fill(c, glove.base, range(8000, 10_000))
+    yield c
+    m.close()
+
+
+# ---- the dual index ----
+
+
+def test_new_items_are_found_before_any_rebuild(manager, glove):
+    c = manager.create("fresh", glove.dim, "cosine", "hnswlib", {})
+    fill(c, glove.base, range(500))
+    assert c.info()["fresh_count"] == 500 and c.info()["main_count"] == 0
+    hits = c.search(glove.base[:500], 1)
+    assert [h[0][0] for h in hits] == ids_for(range(500))
+
+
+def test_recall_with_main_and_fresh(mixed, glove):
+    info = mixed.info()
+    assert (info["count"], info["main_count"], info["fresh_count"]) == (10_000, 8000, 2000)
+    assert info["index"]["built"]["kind"] == "hnswlib"
+    results = mixed.search(glove.queries, K)
+    assert all(len(hits) == K for hits in results)
+    assert recall_at_k(rows_of(results), glove.truth) >= RECALL_FLOOR
+
+
+def test_exact_equals_brute_force(mixed, glove):
+    results = mixed.search(glove.queries[:100], K, exact=True)
+    truth_rows, truth_scores = brute_force_knn(glove.base, glove.queries[:100], K, "cosine")
+    assert np.array_equal(rows_of(results), truth_rows)
+    scores = np.array([[s for _, s in hits] for hits in results])
+    np.testing.assert_allclose(scores, truth_scores, atol=1e-5)
+
+
+def test_exclude_leaves_the_item_out_and_still_returns_k(mixed, glove):
+    rows = [3, 8500]  # one in main, one in fresh
+    for exact in (False, True):
+        results = mixed.search(glove.base[rows], K, exact=exact, exclude=ids_for(rows))
+        for row, hits in zip(rows, results):
+            assert len(hits) == K and f"g{row}" not in [i for i, _ in hits]
+
+
+def test_search_params_override_and_unknown_is_an_error(mixed, glove):
+    low = mixed.search(glove.queries, K, params={"ef": 10})
+    assert recall_at_k(rows_of(low), glove.truth) <= recall_at_k(rows_of(mixed.search(glove.queries, K)), glove.truth)
+    assert mixed.info()["index"]["search_params"]["ef"] != 10  # for that call only
+    with pytest.raises(ValueError, match="nprobe"):
+        mixed.search(glove.queries[:1], K, params={"nprobe": 4})
+
+
+def test_deletes_and_replacements_are_never_returned(manager, glove):
+    c = manager.create("churn", glove.dim, "cosine", "hnswlib", {})
+    fill(c, glove.base, range(3000))
+    wait(manager.start_rebuild("churn"))
+    deleted, replaced = list(range(0, 3000, 5)), list(range(1, 3000, 5))
+    assert c.delete(ids_for(deleted) + ["never-existed"]) == len(deleted)
+    new_vectors = glove.base[[r + 5000 for r in replaced]]  # each replaced id gets another row
+    c.upsert(ids_for(replaced), new_vectors, [None] * len(replaced))
+    info = c.info()
+    assert info["count"] == 3000 - len(deleted)
+    assert info["fresh_count"] == len(replaced) and info["main_count"] == info["count"] - len(replaced)
+    # Query with the old vectors: without the tombstone filter the old items would rank first.
+    results = c.search(glove.base[deleted + replaced], K)
+    gone = set(ids_for(deleted))
+    for hits in results:
+        assert len(hits) == K and not gone & {i for i, _ in hits}
+    for pos, row in enumerate(replaced):
+        hits = dict(results[len(deleted) + pos])
+        if f"g{row}" in hits:  # found again, then only through its new vector
+            a, b = glove.base[row], new_vectors[pos]
+            assert hits[f"g{row}"] == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b), abs=1e-5)
+    with pytest.raises(NotFound):
+        c.get("g0")
+    assert np.array_equal(c.get("g1")[0], new_vectors[0])
+    assert c.get("g2")[1] == {"row": 2}
+
+
+def test_rebuild_drains_fresh_exactly_while_writes_and_searches_go_on(manager, glove):
+    c = manager.create("busy", glove.dim, "cosine", "hnswlib", {})
+    fill(c, glove.base, range(4000))
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def search_loop() -> None:
+        try:
+            while not stop.is_set():
+                for hits in c.search(glove.queries[:20], K):
+                    assert len(hits) == K
+        except BaseException as exc:
+            errors.append(exc)
+
+    searchers = [threading.Thread(target=search_loop) for _ in range(2)]
+    for t in searchers:
+        t.start()
+    job = manager.start_rebuild("busy")
+    written = 4000
+    while job.state in ("queued", "running") or written < 4400:
+        fill(c, glove.base, range(written, written + 50))
+        written += 50
+    stop.set()
+    for t in searchers:
+        t.join()
+    assert not errors and wait(job).state == "succeeded"
+    shard = c._shards[0]
+    info = c.info()
+    assert info["count"] == written
+    # fresh holds exactly the writes after the snapshot: every live label above main_max.
+    after_snapshot = sum(1 for label in shard._id_of if label > shard.main_max)
+    assert 0 < info["fresh_count"] == after_snapshot and info["main_count"] == written - after_snapshot
+    assert wait(manager.start_rebuild("busy")).state == "succeeded"
+    assert (c.info()["fresh_count"], c.info()["main_count"]) == (0, written)
+
+
+def test_one_rebuild_at_a_time(manager, glove):
+    c = manager.create("once", glove.dim, "cosine", "hnswlib", {})
+    fill(c, glove.base, range(3000))
+    job = manager.start_rebuild("once")
+    with pytest.raises(Conflict, match="already has a rebuild"):
+        manager.start_rebuild("once")
+    assert wait(job).to_dict()["state"] == "succeeded"
+    assert manager.jobs.get(job.id) is job
+    with pytest.raises(NotFound):
+        manager.jobs.get("nope")
+
+
+def test_fresh_limit_triggers_a_rebuild(tmp_path, glove):
+    m = open_manager(tmp_path, fresh_limit=1000)
+    try:
+        c = m.create("auto-trigger", glove.dim, "cosine", "flat", {})
+        fill(c, glove.base, range(1500), batch=500)
+        job = m.jobs.active("auto-trigger")
+        assert job is not None and wait(job).state == "succeeded"
+        assert c.info()["main_count"] >= 1001
+    finally:
+        m.close()
+
+
+def test_a_kind_that_cannot_be_built_fails_the_job_not_the_service(manager, glove):
+    c = manager.create("tiny", glove.dim, "cosine", "ivf_flat", {"nlist": 64})  # 64 cells, 20 points
+    fill(c, glove.base, range(20))
+    job = wait(manager.start_rebuild("tiny"))
+    assert job.state == "failed" and "'tiny'" in job.error and "20 items" in job.error
+    assert c.info()["fresh_count"] == 20
+    assert c.search(glove.base[:1], 1)[0][0][0] == "g0"
+
+
+# ---- restart and recovery ----
+
+
+def test_restart_restores_counts_and_answers(tmp_path, glove):
+    m = open_manager(tmp_path)
+    c = m.create("keep", glove.dim, "cosine", "hnswlib", {}, shards=2)
+    fill(c, glove.base, range(3000))
+    wait(m.start_rebuild("keep"))
+    fill(c, glove.base, range(3000, 3500))
+    c.delete(ids_for(range(0, 100)))
+    before_info, before = c.info(), c.search(glove.queries, K)
+    m.close()
+    m.close()  # idempotent
+
+    m = open_manager(tmp_path)
+    try:
+        c = m.get("keep")
+        info = c.info()
+        for key in ("count", "main_count", "fresh_count", "index", "shards"):
+            assert info[key] == before_info[key]
+        assert c.search(glove.queries, K) == before
+    finally:
+        m.close()
+
+
+def test_a_corrupt_index_file_is_rebuilt_from_the_store(tmp_path, glove):
+    m = open_manager(tmp_path)
+    c = m.create("hurt", glove.dim, "cosine", "hnswlib", {})
+    fill(c, glove.base, range(3000))
+    wait(m.start_rebuild("hurt"))
+    m.close()
+    (index_file,) = (tmp_path / "collections" / "hurt" / "shard-0").glob("main-*.idx")
+    index_file.write_bytes(b"not an index" * 100)
+
+    m = open_manager(tmp_path)
+    try:
+        c = m.get("hurt")
+        assert c.info()["count"] == 3000
+        job = m.jobs.active("hurt")  # scheduled at open
+        hits = c.search(glove.base[:200], 1)  # served meanwhile, from fresh or the new main
+        assert [h[0][0] for h in hits] == ids_for(range(200))
+        assert job is not None and wait(job).state == "succeeded"
+        assert c.info()["main_count"] == 3000
+        assert index_file.read_bytes() != b"not an index" * 100
+    finally:
+        m.close()
+
+
+def test_an_acknowledged_write_survives_a_killed_process(tmp_path, glove):
+    script = f"""
+import os, numpy as np
+from app.manager import CollectionManager
+from app.settings import Settings
+m = CollectionManager(Settings(data_dir={str(tmp_path)!r}))
+m.open()
+c = m.create("crash", 50, "l2", "flat", {{}})
+x = np.arange(200 * 50, dtype=np.float32).reshape(200, 50)
+c.upsert([f"i{{i}}" for i in range(200)], x, [{{"i": i}} for i in range(200)])
+os._exit(0)  # no close, no flush: only what upsert made durable is left
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    m = open_manager(tmp_path)
+    try:
+        c = m.get("crash")
+        assert c.info()["count"] == 200
+        assert c.get("i199")[1] == {"i": 199}
+    finally:
+        m.close()
+
+
+# ---- shards and auto ----
+
+
+def test_three_shards_answer_like_one(manager, glove):
+    one = manager.create("one", glove.dim, "cosine", "flat", {})
+    three = manager.create("three", glove.dim, "cosine", "flat", {}, shards=3)
+    for c in (one, three):
+        fill(c, glove.base, range(3000))
+        wait(manager.start_rebuild(c.name))
+        fill(c, glove.base, range(3000, 4000))
+        c.delete(ids_for(range(0, 4000, 7)))
+    sizes = [s.counts()[0] for s in three._shards]
+    assert sum(sizes) == one.info()["count"] and min(sizes) > 0.25 * sum(sizes)
+    for exact in (True, False):
+        a = one.search(glove.queries, K, exact=exact)
+        b = three.search(glove.queries, K, exact=exact)
+        assert [[i for i, _ in h] for h in a] == [[i for i, _ in h] for h in b]
+        np.testing.assert_allclose([[s for _, s in h] for h in a], [[s for _, s in h] for h in b], atol=1e-5)
+
+
+def test_auto_picks_flat_for_a_small_collection(manager, glove):
+    c = manager.create("picky", glove.dim, "cosine", "auto", {})
+    assert c.info()["index"]["built"] is None
+    fill(c, glove.base, range(2000))
+    wait(manager.start_rebuild("picky"))
+    info = c.info()
+    assert info["index"]["kind"] == "auto" and info["index"]["built"]["kind"] == "flat"
+    with pytest.raises(ValueError, match="'flat'"):
+        c.search(glove.queries[:1], K, params={"ef": 50})  # checked against what auto built
+
+
+def test_auto_picks_by_size_and_budget():
+    from app.auto import pick_kind
+
+    assert pick_kind(99_999, 384, 0)[0] == "flat"
+    assert pick_kind(1_000_000, 384, 0)[0] == "hnswlib"
+    assert pick_kind(1_000_000, 384, 10**9)[0] == "ivf_pq"  # 1.5 GB of vectors over a 1 GB budget
+
+
+# ---- the manager and input checks ----
+
+
+def test_collections_are_listed_found_and_deleted(manager, glove, tmp_path):
+    manager.create("a", 4, "l2", "flat", {})
+    manager.create("b", 4, "ip", "flat", {})
+    with pytest.raises(Conflict):
+        manager.create("a", 4, "l2", "flat", {})
+    assert [c.name for c in manager.list()] == ["a", "b"]
+    manager.delete("a")
+    assert not (tmp_path / "collections" / "a").exists()
+    with pytest.raises(NotFound):
+        manager.get("a")
+    with pytest.raises(NotFound):
+        manager.delete("a")
+    with pytest.raises(NotFound):
+        manager.start_rebuild("a")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("../x", 4, "l2", "flat", {}), "name"),
+        (("x", 0, "l2", "flat", {}), "from 1 to 4096, got 0"),
+        (("x", 5000, "l2", "flat", {}), "from 1 to 4096, got 5000"),
+        (("x", 4, "hamming", "flat", {}), "metric.*'hamming'"),
+        (("x", 4, "l2", "kdtree", {}), "unknown index kind 'kdtree'"),
+        (("x", 4, "l2", "hnswlib", {"ef": 3}), r"unknown build parameter\(s\) \['ef'\]"),
+        (("x", 4, "l2", "auto", {"M": 3}), "auto"),
+        (("x", 4, "l2", "flat", {}, 0), "shards: expected an integer >= 1, got 0"),
+    ],
+)
+def test_bad_collection_specs(manager, args, message):
+    with pytest.raises(ValueError, match=message):
+        manager.create(*args)
+
+
+def test_bad_items_and_queries(manager):
+    c = manager.create("checks", 4, "cosine", "flat", {})
+    ok = np.ones((2, 4), dtype=np.float32)
+    cases = [
+        (lambda: c.upsert(["a", "b"], np.ones((2, 3)), [None, None]), "collection 'checks' has dim 4, got 3"),
+        (lambda: c.upsert(["a"], ok, [None]), "1 ids, 2 vectors, 1 payloads"),
+        (lambda: c.upsert(["a", ""], ok, [None, None]), "position 1.*1 to 256 characters, got 0"),
+        (lambda: c.upsert(["a", "x" * 257], ok, [None, None]), "got 257 characters"),
+        (lambda: c.upsert(["a", "b"], np.array([[1, 2, np.nan, 4], [1, 1, 1, np.inf]]), [None, None]),
+         "2 NaN/Inf values in 2 rows"),
+        (lambda: c.upsert(["a", "b"], np.array([[1, 2, 3, 4], [0, 0, 0, 0]]), [None, None]), "1 all-zero rows"),
+        (lambda: c.upsert(["a", "b"], ok, [None, [1]]), "payload at position 1"),
+        (lambda: c.search(np.ones((1, 5)), 3), "has dim 4, got 5"),
+        (lambda: c.search(ok, 0), "k: expected an integer >= 1, got 0"),
+        (lambda: c.search(ok, 3, exclude=["a"]), "expected 2 entries.*got 1"),
+        (lambda: c.search(ok, 3, params={"nprobe": 2}), r"unknown search parameter\(s\) \['nprobe'\]"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert c.info()["count"] == 0
+    assert c.search(ok, 3) == [[], []]  # empty collection
+    assert c.upsert(["a", "a"], np.array([[1, 0, 0, 0], [0, 1, 0, 0]]), [None, {"v": 2}]) == 1
+    assert c.get("a")[1] == {"v": 2}  # last occurrence wins
