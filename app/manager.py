@@ -24,6 +24,7 @@ from .collection import SPEC_FILE, Collection, CollectionSpec
 from .errors import Conflict, NotFound
 from .jobs import Job, JobRegistry
 from .settings import Settings
+from .shard import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,10 @@ class CollectionManager:
             spec.save(staging)
             os.replace(staging, final)
             collection = self._open_collection(final, spec)
+            # The new files' directory entries must survive power loss like the writes in them.
+            for directory in [*final.iterdir(), final, self.root]:
+                if directory.is_dir():
+                    fsync_dir(directory)
             self._collections[name] = collection
         return collection
 

@@ -111,7 +111,8 @@ class NewMain:
     path: Path | None
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory `path` (new, renamed or removed files) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -352,7 +353,7 @@ class Shard:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         report(1.0)
         return NewMain(index, max_label, path)
 

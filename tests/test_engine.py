@@ -202,6 +202,35 @@ def test_fresh_limit_triggers_a_rebuild(tmp_path, glove):
         m.close()
 
 
+def test_interval_rebuilds_collections_with_fresh_items(tmp_path, glove):
+    m = open_manager(tmp_path, rebuild_interval_seconds=0.2)
+    try:
+        c = m.create("timer", glove.dim, "cosine", "flat", {})
+        fill(c, glove.base, range(300))
+        deadline = time.monotonic() + 30
+        while c.info()["fresh_count"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert c.info()["main_count"] == 300
+    finally:
+        m.close()
+
+
+def test_close_during_a_rebuild_stops_cleanly(tmp_path, glove):
+    m = open_manager(tmp_path)
+    c = m.create("closing", glove.dim, "cosine", "hnswlib", {})
+    fill(c, glove.base, range(10_000))
+    job = m.start_rebuild("closing")
+    while job.state == "queued":
+        time.sleep(0.01)
+    m.close()
+    assert job.state in ("succeeded", "failed")  # stopped between chunks, or finished first
+    m = open_manager(tmp_path)
+    try:
+        assert m.get("closing").info()["count"] == 10_000
+    finally:
+        m.close()
+
+
 def test_a_kind_that_cannot_be_built_fails_the_job_not_the_service(manager, glove):
     c = manager.create("tiny", glove.dim, "cosine", "ivf_flat", {"nlist": 64})  # 64 cells, 20 points
     fill(c, glove.base, range(20))
