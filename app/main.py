@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -122,7 +123,13 @@ def _add_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
+    async def body_validation_error(request: Request, exc: ValidationError) -> JSONResponse:
+        # From JsonBody: the same shape and wording as FastAPI's own request validation.
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        return JSONResponse({"detail": describe_validation_errors(errors)}, status_code=422)
+
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(ValidationError, body_validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, bug)
 
@@ -135,6 +142,7 @@ def describe_validation_errors(errors: list[dict]) -> str:
         message = error.get("msg", "invalid")
         if error.get("type") == "json_invalid":
             message = f"invalid JSON ({error.get('ctx', {}).get('error', '')})"
+            loc = "body"
         text = f"{loc}: {message}" if loc else message
         if "input" in error and error.get("type") not in ("missing", "json_invalid"):
             text += f" (got {_short(error['input'])})"

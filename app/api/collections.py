@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Body, status
+from typing import Annotated
+
+from fastapi import APIRouter, status
 
 from ..deps import CollectionDep, CollectionName, ManagerDep, SettingsDep
 from ..schemas import (
@@ -14,6 +16,7 @@ from ..schemas import (
     RebuildRequest,
     error_responses,
 )
+from .raw_body import JsonBody, raw_body
 
 router = APIRouter(prefix="/collections", tags=["collections"])
 
@@ -25,8 +28,11 @@ router = APIRouter(prefix="/collections", tags=["collections"])
     status_code=status.HTTP_201_CREATED,
     response_model=CollectionInfo,
     responses=error_responses(409, 413, 422),
+    openapi_extra=raw_body(CollectionCreate),
 )
-def create_collection(body: CollectionCreate, manager: ManagerDep, settings: SettingsDep) -> dict:
+def create_collection(
+    body: Annotated[CollectionCreate, JsonBody(CollectionCreate)], manager: ManagerDep, settings: SettingsDep
+) -> dict:
     """Create an empty collection; 409 if the name is taken."""
     if body.dim > settings.max_dim:
         raise ValueError(f"dim: expected at most {settings.max_dim} (ANNSERVE_MAX_DIM), got {body.dim}")
@@ -58,9 +64,10 @@ def delete_collection(name: CollectionName, manager: ManagerDep) -> dict:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=RebuildAccepted,
     responses=error_responses(404, 409, 422),
+    openapi_extra=raw_body(RebuildRequest, required=False),
 )
 def rebuild_collection(
-    name: CollectionName, manager: ManagerDep, body: RebuildRequest | None = Body(None)
+    name: CollectionName, manager: ManagerDep, body: Annotated[RebuildRequest, JsonBody(RebuildRequest, "{}")]
 ) -> dict:
     """Start building a new main index in the background; poll `GET /jobs/{job_id}`. 409 while one runs."""
     job = manager.start_rebuild(name)

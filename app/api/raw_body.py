@@ -1,18 +1,35 @@
-"""OpenAPI for routes that read their raw body: document the body model they check by hand."""
+"""Request bodies read raw, whatever the Content-Type says (a bare `curl -d` works everywhere),
+and their OpenAPI: the routes declare the model they check with `openapi_extra=raw_body(Model)`.
+
+The hot routes check their body by hand (`parsing.py`); the others validate it with the model
+itself through `JsonBody(Model)`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Depends, Request
 from pydantic import BaseModel
 
 # Models documented this way; `app.main` adds their JSON schemas to the OpenAPI components.
 RAW_BODY_MODELS: list[type[BaseModel]] = []
 
 
-def raw_body(model: type[BaseModel]) -> dict[str, Any]:
-    """`openapi_extra=` value declaring `model` as the route's required JSON request body."""
+def raw_body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
+    """`openapi_extra=` value declaring `model` as the route's JSON request body."""
     if model not in RAW_BODY_MODELS:
         RAW_BODY_MODELS.append(model)
     schema = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    return {"requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}}
+
+
+def JsonBody(model: type[BaseModel], empty: str | None = None) -> Any:  # noqa: N802 - reads like a type
+    """A dependency giving the body validated as `model` (pydantic ValidationError -> 422).
+    `empty`: the JSON to assume for an empty body (None: an empty body is invalid)."""
+
+    async def body(request: Request) -> BaseModel:
+        raw = await request.body()
+        return model.model_validate_json(raw if raw or empty is None else empty)
+
+    return Depends(body)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
@@ -18,7 +20,7 @@ from ..schemas import (
     error_responses,
 )
 from .parsing import dumps, load_object, vector_from_list, vectors_from_b64, vectors_from_lists
-from .raw_body import raw_body
+from .raw_body import JsonBody, raw_body
 
 router = APIRouter(prefix="/collections/{name}/vectors", tags=["vectors"])
 ItemId = Path(description="item id")
@@ -102,7 +104,14 @@ async def delete_vector(collection: CollectionDep, item_id: str = ItemId):
 
 
 # No clash with the id routes above: they answer GET and DELETE, this one POST.
-@router.post("/delete", response_model=DeletedCount, responses=error_responses(404, 413, 422))
-async def delete_vectors(body: DeleteIdsRequest, collection: CollectionDep):
+@router.post(
+    "/delete",
+    response_model=DeletedCount,
+    responses=error_responses(404, 413, 422),
+    openapi_extra=raw_body(DeleteIdsRequest),
+)
+async def delete_vectors(
+    body: Annotated[DeleteIdsRequest, JsonBody(DeleteIdsRequest)], collection: CollectionDep
+):
     """Delete many items by id; unknown ids are skipped (`deleted` counts the rest)."""
     return dumps({"deleted": await run_in_threadpool(collection.delete, body.ids)})
