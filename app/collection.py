@@ -235,10 +235,8 @@ class Collection:
                 return shard.search_exact(queries, int(k), exclude)
             return shard.search(queries, int(k), params, exclude)
 
-        if len(self._shards) == 1:
-            per_shard = [one(self._shards[0])]
-        else:
-            per_shard = list(self._executor.map(one, self._shards))
+        # Even one shard runs on the search threads: they are set up for it (search_thread_init).
+        per_shard = list(self._executor.map(one, self._shards))
         results = []
         for qi in range(nq):
             merged = best_k([hit for hits in per_shard for hit in hits[qi]], int(k), self.metric)

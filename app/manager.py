@@ -24,7 +24,7 @@ from .collection import SPEC_FILE, Collection, CollectionSpec
 from .errors import Conflict, NotFound
 from .jobs import Job, JobRegistry
 from .settings import Settings
-from .shard import fsync_dir
+from .shard import fsync_dir, search_thread_init
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,9 @@ class CollectionManager:
         self.is_ready = False
         self._collections: dict[str, Collection] = {}
         self._lock = threading.RLock()  # create/delete/open; lookups read the dict without it
-        self._executor = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="annserve-shard")
+        self._executor = ThreadPoolExecutor(
+            SEARCH_THREADS, thread_name_prefix="annserve-search", initializer=search_thread_init
+        )
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._auto_failed_at: dict[str, float] = {}

@@ -43,6 +43,21 @@ RETRY_GROWTH = 4  # how much more main is asked for when tombstones ate a query'
 Hits = list[tuple[float, str]]  # (score, id) best first
 
 
+def search_thread_init() -> None:
+    """Initializer of the threads that run searches: FAISS gets one OpenMP thread there.
+
+    A service's parallelism comes from concurrent requests (and shards); an OpenMP team per
+    small search only fights them for the cores. Measured on 2 busy cores (load 7): a flat
+    search of 1 query over 2,000 x 50 took 20 ms with the default team, 0.65 ms with one
+    thread. The OpenMP setting is per OS thread, so rebuilds on the job thread keep every core.
+    """
+    try:
+        import faiss
+    except ImportError:  # pragma: no cover - faiss is a dependency; nothing to tune without it
+        return
+    faiss.omp_set_num_threads(1)
+
+
 def shard_of(item_id: str, shards: int) -> int:
     """The shard that owns `item_id`: crc32 of its UTF-8 bytes, stable across processes and
     machines (Python's `hash` is salted per process)."""
