@@ -29,6 +29,10 @@ from .shard import Hits, NewMain, Shard, best_k, shard_of
 SPEC_FILE = "collection.json"
 SPEC_FORMAT = 1
 MAX_ID_CHARS = 256
+# A rebuild compacts deleted items away once tombstones pass this share of main (and this
+# count): past it, main spends memory and over-fetch work on items that no longer exist.
+TOMBSTONE_SHARE = 0.25
+MIN_TOMBSTONES = 1000
 
 
 @dataclass(frozen=True)
@@ -110,12 +114,12 @@ class Collection:
 
     def __init__(
         self, path: Path, spec: CollectionSpec, settings: Settings, executor: Executor,
-        on_fresh_full: Callable[[str], None],
+        on_needs_rebuild: Callable[[str], None],
     ) -> None:
         self.path, self.spec, self.settings = path, spec, settings
         self.name, self.dim, self.metric, self.shards = spec.name, spec.dim, spec.metric, spec.shards
         self._executor = executor
-        self._on_fresh_full = on_fresh_full
+        self._on_needs_rebuild = on_needs_rebuild
         self._shards = [Shard(path / f"shard-{i}", spec.dim, spec.metric) for i in range(spec.shards)]
         # Validates search params while no main is built (the kind `auto` starts as).
         self._spec_index = create_index(EMPTY_KIND if spec.kind == AUTO else spec.kind, spec.dim, spec.metric)
@@ -124,8 +128,15 @@ class Collection:
 
     @property
     def needs_rebuild(self) -> bool:
-        """Whether a shard lost its index file at start-up, or fresh has outgrown its limit."""
-        return any(s.index_lost for s in self._shards) or self.fresh_count > self.settings.fresh_limit
+        """Whether a shard lost its index file at start-up, fresh has outgrown its limit, or
+        main is so full of tombstones that it wastes memory and over-fetch work (deleted items
+        are only compacted away by a rebuild)."""
+        if any(s.index_lost for s in self._shards):
+            return True
+        counts = [s.counts() for s in self._shards]
+        fresh, dead = sum(c.fresh for c in counts), sum(c.tombstones for c in counts)
+        main_size = sum(c.main + c.tombstones for c in counts)
+        return fresh > self.settings.fresh_limit or dead > max(TOMBSTONE_SHARE * main_size, MIN_TOMBSTONES)
 
     # ---- info ----
 
@@ -134,7 +145,7 @@ class Collection:
 
     @property
     def fresh_count(self) -> int:
-        return sum(s.counts()[2] for s in self._shards)
+        return sum(s.counts().fresh for s in self._shards)
 
     def info(self) -> dict[str, Any]:
         counts = [s.counts() for s in self._shards]
@@ -151,9 +162,10 @@ class Collection:
                 "built": {"kind": main.kind, "params": dict(main.build_params)} if main else None,
             },
             "shards": self.shards,
-            "count": sum(c[0] for c in counts),
-            "main_count": sum(c[1] for c in counts),
-            "fresh_count": sum(c[2] for c in counts),
+            "count": sum(c.live for c in counts),
+            "main_count": sum(c.main for c in counts),
+            "fresh_count": sum(c.fresh for c in counts),
+            "tombstone_count": sum(c.tombstones for c in counts),
             "last_rebuild_at": max(built_at).isoformat() if built_at else None,
         }
 
@@ -182,15 +194,18 @@ class Collection:
             self._shards[shard_no].upsert(
                 [ids[p] for p in positions], vectors[positions], [texts[p] for p in positions]
             )
-        if self.fresh_count > self.settings.fresh_limit:
-            self._on_fresh_full(self.name)
+        if self.needs_rebuild:
+            self._on_needs_rebuild(self.name)
         return len(last)
 
     def delete(self, ids: list[str]) -> int:
         """Delete these ids; returns how many existed."""
         unique = list(dict.fromkeys(ids))
         groups = self._by_shard(unique, unique)
-        return sum(self._shards[s].delete(group) for s, group in groups.items())
+        deleted = sum(self._shards[s].delete(group) for s, group in groups.items())
+        if deleted and self.needs_rebuild:
+            self._on_needs_rebuild(self.name)
+        return deleted
 
     def _by_shard(self, ids: list[str], values: list[Any]) -> dict[int, list[Any]]:
         groups: dict[int, list[Any]] = {}
@@ -255,7 +270,7 @@ class Collection:
                 raise RuntimeError(f"collection {self.name!r} is closed")
             kind, params = self.spec.kind, self.spec.params
             if kind == AUTO:
-                count = sum(s.counts()[0] for s in self._shards)
+                count = sum(s.counts().live for s in self._shards)
                 kind, params = pick_kind(count, self.dim, self.settings.memory_budget_bytes)
             n_shards = len(self._shards)
             for i, shard in enumerate(self._shards):
@@ -265,7 +280,7 @@ class Collection:
                 try:
                     new: NewMain = shard.build_main(kind, params, shard_report, self._stop)
                 except (ValueError, MemoryError) as exc:
-                    live = shard.counts()[0]
+                    live = shard.counts().live
                     raise ValueError(
                         f"rebuild of collection {self.name!r} shard {i} failed building {kind!r} "
                         f"on {live} items: {exc}; its items stay searchable (exactly) in fresh"

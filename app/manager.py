@@ -1,7 +1,7 @@
 """The collection engine's front door: creates, opens, lists and deletes collections under
 `<data_dir>/collections/`, runs their rebuilds as jobs, and triggers rebuilds on its own when a
-fresh index outgrows `fresh_limit`, every `rebuild_interval_seconds`, and after a start-up that
-found an unreadable index file."""
+fresh index outgrows `fresh_limit` or deletes leave main full of tombstones, every
+`rebuild_interval_seconds`, and after a start-up that found an unreadable index file."""
 
 from __future__ import annotations
 

@@ -117,6 +117,14 @@ class ReadWriteLock:
                 self._cond.notify_all()
 
 
+@dataclass(frozen=True)
+class Counts:
+    live: int  # items that exist
+    main: int  # live items served by main
+    fresh: int  # items in fresh (all live)
+    tombstones: int  # dead labels still inside main, filtered out of its answers
+
+
 @dataclass
 class NewMain:
     """A main index built off the request path, waiting to be installed."""
@@ -199,11 +207,11 @@ class Shard:
 
     # ---- counts ----
 
-    def counts(self) -> tuple[int, int, int]:
-        """(live items, live items served by main, items in fresh)."""
+    def counts(self) -> Counts:
         with self._state.read():
             live, fresh = len(self._id_of), len(self._fresh_labels)
-        return live, live - fresh, fresh
+            main_size = len(self.main) if self.main is not None else 0
+        return Counts(live, live - fresh, fresh, main_size - (live - fresh))
 
     # ---- writes ----
 

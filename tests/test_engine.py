@@ -202,6 +202,19 @@ def test_fresh_limit_triggers_a_rebuild(tmp_path, glove):
         m.close()
 
 
+def test_many_deletes_trigger_a_compacting_rebuild(manager, glove):
+    c = manager.create("compact", glove.dim, "cosine", "flat", {})
+    fill(c, glove.base, range(4000))
+    wait(manager.start_rebuild("compact"))
+    c.delete(ids_for(range(900)))
+    assert c.info()["tombstone_count"] == 900 and manager.jobs.active("compact") is None
+    c.delete(ids_for(range(900, 1200)))  # 1200 of 4000: past the 25% share
+    job = manager.jobs.active("compact")
+    assert job is not None and wait(job).state == "succeeded"
+    info = c.info()
+    assert (info["count"], info["main_count"], info["tombstone_count"]) == (2800, 2800, 0)
+
+
 def test_interval_rebuilds_collections_with_fresh_items(tmp_path, glove):
     m = open_manager(tmp_path, rebuild_interval_seconds=0.2)
     try:
@@ -321,7 +334,7 @@ def test_three_shards_answer_like_one(manager, glove):
         wait(manager.start_rebuild(c.name))
         fill(c, glove.base, range(3000, 4000))
         c.delete(ids_for(range(0, 4000, 7)))
-    sizes = [s.counts()[0] for s in three._shards]
+    sizes = [s.counts().live for s in three._shards]
     assert sum(sizes) == one.info()["count"] and min(sizes) > 0.25 * sum(sizes)
     for exact in (True, False):
         a = one.search(glove.queries, K, exact=exact)
