@@ -143,6 +143,11 @@ class Collection:
     def _current_main(self) -> Index | None:
         return next((s.main for s in self._shards if s.main is not None), None)
 
+    def _param_index(self) -> Index:
+        """The index whose kind judges search params: the built main, else the configured kind."""
+        main = self._current_main()
+        return main if main is not None else self._spec_index
+
     @property
     def fresh_count(self) -> int:
         return sum(s.counts().fresh for s in self._shards)
@@ -158,7 +163,7 @@ class Collection:
             "index": {
                 "kind": self.spec.kind,
                 "params": dict(self.spec.params),
-                "search_params": dict((main or self._spec_index).search_params),
+                "search_params": dict(self._param_index().search_params),
                 "built": {"kind": main.kind, "params": dict(main.build_params)} if main else None,
             },
             "shards": self.shards,
@@ -241,7 +246,7 @@ class Collection:
             raise ValueError("queries: cosine similarity is undefined for an all-zero query vector")
         params = dict(params or {})
         # Checked even for exact search (which needs none), so a misspelt knob is never ignored.
-        (self._current_main() or self._spec_index).resolve_search_params(params)
+        self._param_index().resolve_search_params(params)
         if nq == 0:
             return []
 

@@ -168,6 +168,7 @@ class CollectionManager:
             # Renamed first, so a crash during the removal cannot resurrect half a collection.
             doomed = self.root / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
             os.replace(collection.path, doomed)
+            fsync_dir(self.root)  # an acknowledged delete must not come back after power loss
             shutil.rmtree(doomed, ignore_errors=True)
             self._auto_failed_at.pop(name, None)
 
