@@ -2,20 +2,25 @@
 
 Structure (all flat numpy arrays, as in pynndescent's trees):
 - `planes` (n_tables * n_bits, dim + 1) float32 and `bias` (n_tables * n_bits,) float32:
-  bit b of table t is `planes[t*n_bits + b] . lift(x) > bias[...]`.
-- per table, a CSR bucket list: `bucket_keys` (sorted unique keys of each table, concatenated),
-  `table_start` (n_tables + 1,) into `bucket_keys`, `bucket_ptr` (n_buckets + 1,) into
-  `members` (n_tables * n,) int32 row positions. A derived `directory` (n_tables, 2**p + 1)
-  maps the top p key bits to a range of `bucket_keys`, so a lookup reads about one cache line
-  instead of binary-searching.
+  bit b of table t is `planes[t*n_bits + b] . lift(x) > bias[t*n_bits + b]`. The normals of
+  one table are orthogonal (when n_bits <= dim + 1), so no two bits measure the same thing.
+- per table a CSR bucket list over all 2**n_bits keys: `offsets` (n_tables, 2**n_bits + 1)
+  int32, nondecreasing, and `members` (n_tables * n,) int32 row positions; the rows of
+  bucket `key` of table t are `members[t*n + offsets[t, key] : t*n + offsets[t, key + 1]]`.
+  The keys are implicit (the column), so a lookup is one read, not a search; with the
+  default n_bits (about 8 rows per bucket) this costs less memory than sorted keys plus
+  bucket pointers would. `n_bits` is capped at 24 for that reason.
 - `vectors` (n, dim) float32 and `ids` (n,) int64, for exact re-scoring of the candidates.
 
 Search: the query's projections give its key in every table and its margin to every
 hyperplane; each table is probed at `probes` buckets in order of increasing sum of squared
 margins of the flipped bits (Lv et al. 2007, query-directed multi-probe LSH: the
 least-confident bits are flipped first). The union of the visited buckets is de-duplicated
-with a visited-marker array (a generation counter, so nothing is cleared per query) and
-re-scored exactly; the best k are returned.
+with a visited-marker array (uint8 generations, cleared once every 255 queries) and
+re-scored exactly; the best k are returned. The kernel runs in stages (all probe keys, then
+all bucket bounds, then the candidates, then the scores) and prefetches one stage ahead:
+the cost on a large index is memory latency, and independent loads overlap where a
+bucket-by-bucket loop would wait on each one in turn.
 
 Metrics, and why all three are served:
 - `cosine`: base.py hands us unit vectors; hyperplanes are offset to the median projection
@@ -27,13 +32,13 @@ Metrics, and why all three are served:
   M are lifted with a zero last coordinate (hashed by direction only); re-scoring is exact.
 - `l2`: a hyperplane with a data-dependent offset is itself a locality-sensitive partition
   for Euclidean distance (two points are separated with a probability that grows with their
-  distance along the hyperplane's normal), so the same tables serve l2 without a separate
-  p-stable (E2LSH) scheme; re-scoring is exact squared distance.
+  distance along the normal), so the same tables serve l2 without a separate p-stable
+  (E2LSH) scheme; re-scoring is exact squared distance.
 
 Knobs: `n_tables` (L) and `n_bits` (K) at build, `probes` at search. More tables raise
-recall and memory (4 bytes per row per table); more bits make smaller buckets (faster,
-lower recall per probe); more probes raise recall at the cost of candidates to re-score.
-The default K gives about 8 rows per bucket; see `_train`.
+recall per re-scored row and memory (4 bytes per row per table, plus 2**K * 4 bytes);
+more bits make smaller buckets (fewer candidates per probe, lower recall per probe); more
+probes raise recall at the cost of candidates to re-score. Figures are in the README.
 """
 
 from __future__ import annotations
@@ -43,22 +48,43 @@ from typing import Any
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 from .base import Index, check_positive_int
 
-_MAX_BITS = 30  # keys are int64 in the kernels, uint32 when stored
+_MAX_BITS = 24  # offsets hold 2**n_bits + 1 entries per table
 _GEN_LIMIT = 255  # visited markers are uint8 generations
 _PROJECT_CHUNK = 16384
-import os
-_ORTHOGONAL = os.environ.get("LSH_ORTHO", "1") == "1"
+_PREFETCH_AHEAD = 8  # candidates whose rows are requested before they are scored
 
 
 # ---------------------------------------------------------------- numba kernels
 
 
+@intrinsic
+def _prefetch(typingctx, arr, i, j):
+    """Hint the CPU to fetch arr[i, j] (2-D) into cache; no effect on results."""
+
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # read, high temporal locality, data cache
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, types.intp, types.intp), codegen
+
+
 @numba.njit(nogil=True, cache=True, fastmath=True)
 def _pack_keys(proj, bias, n_tables, n_bits, out, row0):
-    """Bits of (rows, n_tables*n_bits) projections -> keys out[t, row0 + i] (uint32)."""
+    """Bits of (rows, n_tables*n_bits) projections -> keys out[t, row0 + i]."""
     rows = proj.shape[0]
     for i in range(rows):
         for t in range(n_tables):
@@ -71,55 +97,38 @@ def _pack_keys(proj, bias, n_tables, n_bits, out, row0):
 
 
 @numba.njit(nogil=True, cache=True)
-def _expand_keys(bucket_keys, table_start, bucket_ptr, members, n_tables, n, out):
+def _expand_keys(offsets, members, n, out):
     """Inverse of the CSR build: out[t, row] = key of row in table t."""
+    n_tables, n_keys = offsets.shape[0], offsets.shape[1] - 1
     for t in range(n_tables):
-        for b in range(table_start[t], table_start[t + 1]):
-            key = bucket_keys[b]
-            for j in range(bucket_ptr[b], bucket_ptr[b + 1]):
-                out[t, members[j]] = key
-
-
-@numba.njit(nogil=True, cache=True)
-def _build_directory(bucket_keys, table_start, n_bits, dir_bits, out):
-    """out[t, p] = first bucket of table t whose key's top dir_bits bits are >= p."""
-    n_tables = table_start.shape[0] - 1
-    size = 1 << dir_bits
-    shift = n_bits - dir_bits
-    for t in range(n_tables):
-        b = table_start[t]
-        end = table_start[t + 1]
-        for p in range(size + 1):
-            while b < end and (np.int64(bucket_keys[b]) >> shift) < p:
-                b += 1
-            out[t, p] = b
+        for key in range(n_keys):
+            for j in range(offsets[t, key], offsets[t, key + 1]):
+                out[t, members[t * n + j]] = key
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
-def _heap_push(hs, ht, hf, hl, size, score, table, flip, last):
-    """Min-heap on hs of probe perturbations (table, flipped-bit mask, last sorted bit)."""
+def _heap_push(hs, hf, hl, size, score, flip, last):
+    """Min-heap on hs of probe perturbations (flipped-bit mask, last bit in margin order)."""
     i = size
     while i > 0:
         parent = (i - 1) >> 1
         if hs[parent] <= score:
             break
         hs[i] = hs[parent]
-        ht[i] = ht[parent]
         hf[i] = hf[parent]
         hl[i] = hl[parent]
         i = parent
     hs[i] = score
-    ht[i] = table
     hf[i] = flip
     hl[i] = last
     return size + 1
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
-def _heap_pop(hs, ht, hf, hl, size):
+def _heap_pop(hs, hf, hl, size):
     """Remove the root (the caller has read it); returns the new size."""
     size -= 1
-    score, table, flip, last = hs[size], ht[size], hf[size], hl[size]
+    score, flip, last = hs[size], hf[size], hl[size]
     i = 0
     while True:
         child = 2 * i + 1
@@ -130,45 +139,117 @@ def _heap_pop(hs, ht, hf, hl, size):
         if score <= hs[child]:
             break
         hs[i] = hs[child]
-        ht[i] = ht[child]
         hf[i] = hf[child]
         hl[i] = hl[child]
         i = child
     hs[i] = score
-    ht[i] = table
     hf[i] = flip
     hl[i] = last
     return size
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
-def _scan_bucket(
-    t, key, q, l2, k, bucket_keys, bucket_ptr, members, directory, shift, vectors,
-    marker, gen, out_pos, out_score, found,
-):
-    """Re-score the unseen members of bucket `key` of table t into the top-k min-heap.
-
-    Returns (found, newly scored)."""
-    lo = directory[t, key >> shift]
-    hi = directory[t, (key >> shift) + 1]
-    bucket = -1
-    for b in range(lo, hi):
-        bk = np.int64(bucket_keys[b])
-        if bk == key:
-            bucket = b
-            break
-        if bk > key:
-            break
-    if bucket < 0:
-        return found, 0
-    dim = vectors.shape[1]
-    scored = 0
-    for j in range(bucket_ptr[bucket], bucket_ptr[bucket + 1]):
-        pos = members[j]
-        if marker[pos] == gen:
+def _probe_keys(z, bias, t, n_bits, probes, margin, order, hs, hf, hl, out, o):
+    """The `probes` keys of table t, best first, into out[o : o + probes] (-1 when the
+    table has fewer distinct keys). Query-directed: the next probe flips the set of bits
+    with the smallest sum of squared margins not yet used (Lv et al.'s shift/expand heap)."""
+    base = t * n_bits
+    key = 0
+    for b in range(n_bits):
+        v = z[base + b] - bias[base + b]
+        if v > 0:
+            key |= 1 << b
+        margin[b] = v * v
+    out[o] = key
+    if probes == 1:
+        return
+    for i in range(n_bits):  # bits by increasing margin (insertion sort: n_bits is small)
+        mv = margin[i]
+        j = i - 1
+        while j >= 0 and margin[order[j]] > mv:
+            order[j + 1] = order[j]
+            j -= 1
+        order[j + 1] = i
+    hsize = _heap_push(hs, hf, hl, 0, margin[order[0]], 1 << order[0], 0)
+    for p in range(1, probes):
+        if hsize == 0:
+            out[o + p] = -1
             continue
-        marker[pos] = gen
-        scored += 1
+        score, flip, last = hs[0], hf[0], hl[0]
+        hsize = _heap_pop(hs, hf, hl, hsize)
+        if last + 1 < n_bits:
+            cur = order[last]
+            nxt = order[last + 1]
+            # shift: flip the next bit instead of the last one; expand: flip both
+            hsize = _heap_push(
+                hs, hf, hl, hsize, score - margin[cur] + margin[nxt],
+                (flip ^ (1 << cur)) | (1 << nxt), last + 1,
+            )
+            hsize = _heap_push(hs, hf, hl, hsize, score + margin[nxt], flip | (1 << nxt), last + 1)
+        out[o + p] = key ^ flip
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def _query(
+    q, qscale, planes_t, bias, n_tables, n_bits, probes, k, l2, offsets, members, vectors,
+    marker, gen, out_pos, out_score, z, margin, order, hs, hf, hl, pkeys, plo, phi, cand,
+):
+    """One query: probe every table, re-score the union exactly, keep the best k.
+
+    Writes row positions and scores (higher is better; -squared distance for l2) to
+    out_pos/out_score best first; positions are -1 where fewer than k rows were seen.
+    Returns the number of distinct rows re-scored.
+    """
+    n, dim = vectors.shape
+    m = n_tables * n_bits
+    # Projections of the query on every hyperplane (planes_t is (dim, m): vectorises).
+    for r in range(m):
+        z[r] = 0.0
+    for d in range(dim):
+        qd = q[d] * qscale
+        for r in range(m):
+            z[r] += qd * planes_t[d, r]
+    # 1. every probe's key; request its bucket bounds
+    n_probes = n_tables * probes
+    for t in range(n_tables):
+        _probe_keys(z, bias, t, n_bits, probes, margin, order, hs, hf, hl, pkeys, t * probes)
+    for i in range(n_probes):
+        if pkeys[i] >= 0:
+            _prefetch(offsets, i // probes, pkeys[i])
+    # 2. bucket bounds; request the first members of each bucket
+    for i in range(n_probes):
+        key = pkeys[i]
+        if key < 0:
+            plo[i] = 0
+            phi[i] = 0
+            continue
+        t = i // probes
+        lo = t * n + offsets[t, key]
+        hi = t * n + offsets[t, key + 1]
+        plo[i] = lo
+        phi[i] = hi
+        if hi > lo:
+            _prefetch(members.reshape(1, -1), 0, lo)
+    # 3. the union of the buckets, each row once
+    n_cand = 0
+    for i in range(n_probes):
+        for j in range(plo[i], phi[i]):
+            pos = members[j]
+            if marker[pos] != gen:
+                marker[pos] = gen
+                cand[n_cand] = pos
+                n_cand += 1
+    # 4. exact scores into a top-k min-heap, rows requested a few candidates ahead
+    found = 0
+    for c in range(min(_PREFETCH_AHEAD, n_cand)):
+        for d in range(0, dim, 16):
+            _prefetch(vectors, cand[c], d)
+    for c in range(n_cand):
+        if c + _PREFETCH_AHEAD < n_cand:
+            ahead = cand[c + _PREFETCH_AHEAD]
+            for d in range(0, dim, 16):
+                _prefetch(vectors, ahead, d)
+        pos = cand[c]
         s = 0.0
         if l2:
             for d in range(dim):
@@ -205,82 +286,6 @@ def _scan_bucket(
                 i = child
             out_score[i] = s
             out_pos[i] = pos
-    return found, scored
-
-
-@numba.njit(nogil=True, cache=True, fastmath=True)
-def _query(
-    q, qscale, planes_t, bias, n_tables, n_bits, probes, k, l2,
-    bucket_keys, bucket_ptr, members, directory, dir_bits,
-    vectors, marker, gen, out_pos, out_score, z, order, margin, hs, ht, hf, hl,
-):
-    """One query: probe the tables, re-score the union exactly, keep the best k.
-
-    In every table the query's own bucket is visited, then probes - 1 more in order of
-    increasing perturbation score (sum of the squared margins of the flipped bits).
-    (Spending the same budget across tables by one global score was tried: on GloVe it
-    re-scored as many rows for clearly lower recall.) Writes row positions and scores (higher is better;
-    -squared distance for l2) best first; -1 positions pad. Returns the number of
-    distinct rows re-scored.
-    """
-    dim = vectors.shape[1]
-    m = n_tables * n_bits
-    # Projections of the query on every hyperplane (planes_t is (dim, m): vectorises).
-    for r in range(m):
-        z[r] = 0.0
-    for d in range(dim):
-        qd = q[d] * qscale
-        for r in range(m):
-            z[r] += qd * planes_t[d, r]
-    shift = n_bits - dir_bits
-    found = 0
-    scored = 0
-    for t in range(n_tables):
-        base = t * n_bits
-        key = 0
-        for b in range(n_bits):
-            v = z[base + b] - bias[base + b]
-            if v > 0:
-                key |= 1 << b
-            margin[base + b] = v * v
-        found, got = _scan_bucket(
-            t, key, q, l2, k, bucket_keys, bucket_ptr, members, directory, shift, vectors,
-            marker, gen, out_pos, out_score, found,
-        )
-        scored += got
-        if probes > 1:
-            # bits of this table by increasing margin (insertion sort: n_bits is small)
-            for i in range(n_bits):
-                mv = margin[base + i]
-                j = i - 1
-                while j >= 0 and margin[base + order[base + j]] > mv:
-                    order[base + j + 1] = order[base + j]
-                    j -= 1
-                order[base + j + 1] = i
-            first = order[base]
-            hsize = _heap_push(hs, ht, hf, hl, 0, margin[base + first], t, 1 << first, 0)
-            for _ in range(probes - 1):
-                if hsize == 0:
-                    break
-                score, flip, last = hs[0], hf[0], hl[0]
-                hsize = _heap_pop(hs, ht, hf, hl, hsize)
-                if last + 1 < n_bits:
-                    cur = order[base + last]
-                    nxt = order[base + last + 1]
-                    # shift: flip the next bit instead of the last one; expand: flip both
-                    hsize = _heap_push(
-                        hs, ht, hf, hl, hsize, score - margin[base + cur] + margin[base + nxt],
-                        t, (flip ^ (1 << cur)) | (1 << nxt), last + 1,
-                    )
-                    hsize = _heap_push(
-                        hs, ht, hf, hl, hsize, score + margin[base + nxt], t, flip | (1 << nxt),
-                        last + 1,
-                    )
-                found, got = _scan_bucket(
-                    t, key ^ flip, q, l2, k, bucket_keys, bucket_ptr, members, directory,
-                    shift, vectors, marker, gen, out_pos, out_score, found,
-                )
-                scored += got
     # min-heap -> best first (k is small: insertion sort)
     for i in range(1, found):
         s = out_score[i]
@@ -295,35 +300,36 @@ def _query(
     for i in range(found, k):
         out_pos[i] = -1
         out_score[i] = -np.inf
-    return scored
+    return n_cand
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
 def _search_serial(
-    queries, qscale, planes_t, bias, n_tables, n_bits, probes, k, l2,
-    bucket_keys, bucket_ptr, members, directory, dir_bits, vectors, marker, gen,
-    out_pos, out_score, counts,
+    queries, qscale, planes_t, bias, n_tables, n_bits, probes, k, l2, offsets, members,
+    vectors, marker, cand, gen, out_pos, out_score, counts,
 ):
     """Queries one after another on the caller's thread; returns the next generation.
 
-    counts[i] receives the number of distinct candidates re-scored for query i."""
+    marker (n,) uint8 and cand (n,) int32 are scratch owned by the caller's thread;
+    counts[i] receives the number of distinct rows re-scored for query i."""
     m = n_tables * n_bits
     z = np.empty(m, dtype=np.float32)
-    order = np.empty(m, dtype=np.int64)
-    margin = np.empty(m, dtype=np.float32)
-    hcap = probes + 2  # each pop pushes at most two
-    hs = np.empty(hcap, dtype=np.float32)
-    ht = np.empty(hcap, dtype=np.int64)
-    hf = np.empty(hcap, dtype=np.int64)
-    hl = np.empty(hcap, dtype=np.int64)
+    margin = np.empty(n_bits, dtype=np.float32)
+    order = np.empty(n_bits, dtype=np.int64)
+    hs = np.empty(probes + 2, dtype=np.float32)  # each pop pushes at most two
+    hf = np.empty(probes + 2, dtype=np.int64)
+    hl = np.empty(probes + 2, dtype=np.int64)
+    pkeys = np.empty(n_tables * probes, dtype=np.int64)
+    plo = np.empty(n_tables * probes, dtype=np.int64)
+    phi = np.empty(n_tables * probes, dtype=np.int64)
     for i in range(queries.shape[0]):
-        if gen > _GEN_LIMIT:  # the uint8 marker wraps: clear it once every 255 queries
+        if gen > _GEN_LIMIT:  # the uint8 generations wrap: clear once every 255 queries
             marker[:] = 0
             gen = 1
         counts[i] = _query(
-            queries[i], qscale[i], planes_t, bias, n_tables, n_bits, probes, k, l2,
-            bucket_keys, bucket_ptr, members, directory, dir_bits, vectors, marker, gen,
-            out_pos[i], out_score[i], z, order, margin, hs, ht, hf, hl,
+            queries[i], qscale[i], planes_t, bias, n_tables, n_bits, probes, k, l2, offsets,
+            members, vectors, marker, gen, out_pos[i], out_score[i], z, margin, order,
+            hs, hf, hl, pkeys, plo, phi, cand,
         )
         gen += 1
     return gen
@@ -331,21 +337,21 @@ def _search_serial(
 
 @numba.njit(nogil=True, cache=True, fastmath=True, parallel=True)
 def _search_parallel(
-    queries, qscale, planes_t, bias, n_tables, n_bits, probes, k, l2,
-    bucket_keys, bucket_ptr, members, directory, dir_bits, vectors, n_chunks,
-    out_pos, out_score, counts,
+    queries, qscale, planes_t, bias, n_tables, n_bits, probes, k, l2, offsets, members,
+    vectors, n_chunks, out_pos, out_score, counts,
 ):
-    """A batch split into n_chunks contiguous runs, one marker array per run."""
+    """A batch split into n_chunks contiguous runs, each with its own scratch arrays."""
     nq = queries.shape[0]
     n = vectors.shape[0]
     for c in numba.prange(n_chunks):
         start = c * nq // n_chunks
         stop = (c + 1) * nq // n_chunks
         marker = np.zeros(n, dtype=np.uint8)
+        cand = np.empty(n, dtype=np.int32)
         _search_serial(
             queries[start:stop], qscale[start:stop], planes_t, bias, n_tables, n_bits,
-            probes, k, l2, bucket_keys, bucket_ptr, members, directory, dir_bits, vectors,
-            marker, 1, out_pos[start:stop], out_score[start:stop], counts[start:stop],
+            probes, k, l2, offsets, members, vectors, marker, cand, 1,
+            out_pos[start:stop], out_score[start:stop], counts[start:stop],
         )
 
 
@@ -357,9 +363,9 @@ class LSHIndex(Index):
 
     kind = "lsh"
     metrics = ("cosine", "ip", "l2")
-    # None: computed from the training size in _train (and recorded in build_params).
-    build_defaults = {"n_tables": 32, "n_bits": None, "seed": 20261121}
-    search_defaults = {"probes": 32}
+    # n_bits None: computed from the training size in _train (recorded in build_params).
+    build_defaults = {"n_tables": 64, "n_bits": None, "seed": 20261121}
+    search_defaults = {"probes": 24}
     needs_training = True
 
     # rows per bucket the default n_bits aims at
@@ -368,24 +374,27 @@ class LSHIndex(Index):
     def __init__(self, dim: int, metric: str = "l2", **build_params: Any) -> None:
         super().__init__(dim, metric, **build_params)
         self._tls = threading.local()
+        self._offsets = np.zeros((0, 2), dtype=np.int32)
         self._empty()
 
     def _empty(self) -> None:
+        n_tables = self.build_params["n_tables"]
+        n_bits = self.build_params["n_bits"] or 1
         self._vectors = np.empty((0, self.dim), dtype=np.float32)
         self._ids = np.empty(0, dtype=np.int64)
-        self._bucket_keys = np.empty(0, dtype=np.uint32)
-        self._table_start = np.zeros(1, dtype=np.int64)
-        self._bucket_ptr = np.zeros(1, dtype=np.int64)
         self._members = np.empty(0, dtype=np.int32)
-        self._directory = np.zeros((0, 2), dtype=np.int64)
-        self._dir_bits = 1
+        if self.is_trained:
+            self._offsets = np.zeros((n_tables, (1 << n_bits) + 1), dtype=np.int32)
 
     def _check_param(self, name: str, value: Any) -> Any:
         if name == "seed":
             return check_positive_int(name, value, minimum=0)
         value = check_positive_int(name, value)
         if name == "n_bits" and value > _MAX_BITS:
-            raise ValueError(f"n_bits: expected an integer in [1, {_MAX_BITS}], got {value}")
+            raise ValueError(
+                f"n_bits: expected an integer in [1, {_MAX_BITS}] (each table holds "
+                f"2**n_bits bucket offsets), got {value}"
+            )
         return value
 
     # ---- build
@@ -395,24 +404,23 @@ class LSHIndex(Index):
         if self.build_params["n_bits"] is None:
             # About TARGET_BUCKET rows per bucket; at least 4 bits so probing has choices.
             bits = int(round(np.log2(max(n, 2) / self.TARGET_BUCKET)))
-            self.build_params["n_bits"] = int(min(max(bits, 4), 24))
+            self.build_params["n_bits"] = int(min(max(bits, 4), 20))
         n_tables = self.build_params["n_tables"]
         n_bits = self.build_params["n_bits"]
         rng = np.random.default_rng(self.build_params["seed"])
         planes = rng.standard_normal((n_tables, n_bits, self.dim + 1))
-        if _ORTHOGONAL and n_bits <= self.dim + 1:
-            # Orthogonal normals within a table: no two bits of a key measure the same thing.
+        if n_bits <= self.dim + 1:
             planes = np.linalg.qr(planes.transpose(0, 2, 1))[0].transpose(0, 2, 1)
-        planes = planes.reshape(n_tables * n_bits, self.dim + 1).astype(np.float32)
-        self._lift_norm = float(np.sqrt((x.astype(np.float64) ** 2).sum(axis=1).max()))
-        if self._lift_norm == 0.0:
-            self._lift_norm = 1.0
-        self._planes = planes
+        self._planes = np.ascontiguousarray(
+            planes.reshape(n_tables * n_bits, self.dim + 1), dtype=np.float32
+        )
+        self._planes_t = np.ascontiguousarray(self._planes[:, : self.dim].T)
+        norm = float(np.sqrt((x.astype(np.float64) ** 2).sum(axis=1).max()))
+        self._lift_norm = norm if norm > 0 else 1.0
         # Offsets at the median projection of (a sample of) the training rows: balanced bits.
         sample = x if n <= 20000 else x[rng.choice(n, 20000, replace=False)]
-        proj = self._project(sample)
-        self._bias = np.ascontiguousarray(np.median(proj, axis=0), dtype=np.float32)
-        self._planes_t = np.ascontiguousarray(planes[:, : self.dim].T)
+        self._bias = np.ascontiguousarray(np.median(self._project(sample), axis=0), dtype=np.float32)
+        self.is_trained = True
         self._empty()
 
     def _lift(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -425,6 +433,7 @@ class LSHIndex(Index):
         return np.full(n, 1.0 / self._lift_norm, dtype=np.float32), extra.astype(np.float32)
 
     def _project(self, x: np.ndarray) -> np.ndarray:
+        """(rows, n_tables*n_bits) float32 projections of the lifted rows of x."""
         scale, extra = self._lift(x)
         proj = x @ self._planes[:, : self.dim].T
         proj *= scale[:, None]
@@ -436,12 +445,9 @@ class LSHIndex(Index):
         n_bits = self.build_params["n_bits"]
         n_old = self._vectors.shape[0]
         n = n_old + x.shape[0]
-        keys = np.empty((n_tables, n), dtype=np.uint32)
+        keys = np.empty((n_tables, n), dtype=np.int64)
         if n_old:
-            _expand_keys(
-                self._bucket_keys, self._table_start, self._bucket_ptr, self._members,
-                n_tables, n_old, keys,
-            )
+            _expand_keys(self._offsets, self._members, n_old, keys)
         for start in range(0, x.shape[0], _PROJECT_CHUNK):
             chunk = x[start : start + _PROJECT_CHUNK]
             _pack_keys(self._project(chunk), self._bias, n_tables, n_bits, keys, n_old + start)
@@ -450,77 +456,60 @@ class LSHIndex(Index):
         self._build_tables(keys)
 
     def _build_tables(self, keys: np.ndarray) -> None:
-        """CSR per table from keys (n_tables, n) uint32."""
+        """CSR per table from keys (n_tables, n): members sorted by key, stable."""
         n_tables, n = keys.shape
-        all_keys, starts, ptrs, members = [], [0], [], []
+        n_keys = 1 << self.build_params["n_bits"]
+        members = np.empty(n_tables * n, dtype=np.int32)
+        offsets = np.zeros((n_tables, n_keys + 1), dtype=np.int32)
         for t in range(n_tables):
-            order = np.argsort(keys[t], kind="stable")
-            sorted_keys = keys[t][order]
-            first = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-            all_keys.append(sorted_keys[first])
-            starts.append(starts[-1] + first.size)
-            ptrs.append(first + t * n)
-            members.append(order.astype(np.int32))
-        self._bucket_keys = np.concatenate(all_keys)
-        self._table_start = np.asarray(starts, dtype=np.int64)
-        self._bucket_ptr = np.concatenate(ptrs + [np.array([n_tables * n])]).astype(np.int64)
-        self._members = np.concatenate(members)
-        self._make_directory()
-
-    def _make_directory(self) -> None:
-        n_bits = self.build_params["n_bits"]
-        n_buckets = max(1, self._bucket_keys.size // max(1, self.build_params["n_tables"]))
-        self._dir_bits = int(min(n_bits, max(1, int(np.log2(n_buckets)))))
-        self._directory = np.empty(
-            (self.build_params["n_tables"], (1 << self._dir_bits) + 1), dtype=np.int64
-        )
-        _build_directory(
-            self._bucket_keys, self._table_start, n_bits, self._dir_bits, self._directory
-        )
+            members[t * n : (t + 1) * n] = np.argsort(keys[t], kind="stable")
+            np.cumsum(np.bincount(keys[t], minlength=n_keys), out=offsets[t, 1:])
+        self._members, self._offsets = members, offsets
 
     # ---- search
 
-    def _marker(self) -> tuple[np.ndarray, int]:
-        """This thread's visited-marker array and next generation (no clearing per query)."""
+    def _scratch(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """This thread's visited markers, candidate buffer and next generation, kept
+        between calls so that a single-query search allocates and clears nothing."""
         n = self._vectors.shape[0]
-        marker = getattr(self._tls, "marker", None)
-        if marker is None or marker.shape[0] < n:
-            marker = self._tls.marker = np.zeros(n, dtype=np.uint8)
-            self._tls.gen = 1
-        return marker, self._tls.gen
+        tls = self._tls
+        if getattr(tls, "marker", None) is None or tls.marker.shape[0] < n:
+            tls.marker = np.zeros(n, dtype=np.uint8)
+            tls.cand = np.empty(n, dtype=np.int32)
+            tls.gen = 1
+        return tls.marker, tls.cand, tls.gen
 
     def _search(self, q: np.ndarray, k: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         ids, scores, _ = self._run(q, k, params["probes"])
         return ids, scores
 
     def candidate_counts(self, q: np.ndarray, probes: int) -> np.ndarray:
-        """Distinct candidates re-scored per query (nq,) int64 at `probes`: the cost knob.
+        """Distinct rows re-scored per query, (nq,) int64, at `probes`: the cost of a search.
 
-        `q` must already be prepared as `search` would (normalised for cosine)."""
+        `q` (nq, dim) float32 must be prepared as `search` would (unit rows for cosine)."""
         return self._run(np.ascontiguousarray(q, dtype=np.float32), 1, probes)[2]
 
     def _run(self, q: np.ndarray, k: int, probes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         nq = q.shape[0]
         if self.metric == "ip":
-            qscale = (1.0 / np.linalg.norm(q, axis=1)).astype(np.float32)
-            qscale[~np.isfinite(qscale)] = 0.0
+            norms = np.linalg.norm(q, axis=1)
+            qscale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
         else:
             qscale = np.ones(nq, dtype=np.float32)
         out_pos = np.empty((nq, k), dtype=np.int64)
         out_score = np.empty((nq, k), dtype=np.float32)
         counts = np.empty(nq, dtype=np.int64)
         args = (
-            q, qscale, self._planes_t, self._bias, self.build_params["n_tables"],
-            self.build_params["n_bits"], probes, k, self.metric == "l2",
-            self._bucket_keys, self._bucket_ptr, self._members, self._directory,
-            self._dir_bits, self._vectors,
+            q, qscale.astype(np.float32), self._planes_t, self._bias,
+            self.build_params["n_tables"], self.build_params["n_bits"], probes, k,
+            self.metric == "l2", self._offsets, self._members, self._vectors,
         )
         threads = numba.get_num_threads()
-        if nq >= 4 * threads and threads > 1:
-            _search_parallel(*args, min(nq, 4 * threads), out_pos, out_score, counts)
+        if threads > 1 and nq >= 4 * threads:
+            _search_parallel(*args, 4 * threads, out_pos, out_score, counts)
         else:
-            marker, gen = self._marker()
-            self._tls.gen = _search_serial(*args, marker, gen, out_pos, out_score, counts)
+            marker, cand, gen = self._scratch()
+            self._tls.gen = _search_serial(*args, marker, cand, gen, out_pos, out_score, counts)
         ids = np.where(out_pos >= 0, self._ids[np.maximum(out_pos, 0)], -1)
         if self.metric == "l2":
             out_score = -out_score
@@ -535,32 +524,23 @@ class LSHIndex(Index):
             "planes": self._planes,
             "bias": self._bias,
             "lift_norm": np.array([self._lift_norm]),
-            "bucket_keys": self._bucket_keys,
-            "table_start": self._table_start,
-            "bucket_ptr": self._bucket_ptr,
+            "offsets": self._offsets,
             "members": self._members,
         }
 
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
         self._vectors = np.ascontiguousarray(arrays["vectors"], dtype=np.float32)
-        self._ids = arrays["ids"].astype(np.int64)
+        self._ids = np.ascontiguousarray(arrays["ids"], dtype=np.int64)
         self._planes = np.ascontiguousarray(arrays["planes"], dtype=np.float32)
         self._planes_t = np.ascontiguousarray(self._planes[:, : self.dim].T)
-        self._bias = arrays["bias"].astype(np.float32)
+        self._bias = np.ascontiguousarray(arrays["bias"], dtype=np.float32)
         self._lift_norm = float(arrays["lift_norm"][0])
-        self._bucket_keys = arrays["bucket_keys"].astype(np.uint32)
-        self._table_start = arrays["table_start"].astype(np.int64)
-        self._bucket_ptr = arrays["bucket_ptr"].astype(np.int64)
-        self._members = arrays["members"].astype(np.int32)
-        self._make_directory()
+        self._offsets = np.ascontiguousarray(arrays["offsets"], dtype=np.int32)
+        self._members = np.ascontiguousarray(arrays["members"], dtype=np.int32)
 
     def __len__(self) -> int:
         return int(self._vectors.shape[0])
 
     def memory_bytes(self) -> int:
-        arrays = (
-            self._vectors, self._ids, self._bucket_keys, self._table_start, self._bucket_ptr,
-            self._members, self._directory,
-            *(getattr(self, name) for name in ("_planes", "_planes_t", "_bias") if hasattr(self, name)),
-        )
-        return int(sum(a.nbytes for a in arrays))
+        names = ("_vectors", "_ids", "_offsets", "_members", "_planes", "_planes_t", "_bias")
+        return int(sum(getattr(self, name).nbytes for name in names if hasattr(self, name)))
