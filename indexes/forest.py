@@ -1,6 +1,679 @@
-"""Placeholder: being written (a helper replaces this file)."""
-from .base import Index
+"""Annoy-style forest of random-projection trees, written in-house in numba.
+
+Build: each of `n_trees` trees splits its node's points by the perpendicular bisector of two
+centroids found by a short 2-means run over sampled points (Annoy's `two_means`), until a node
+holds at most `leaf_size` points. Every kind of space uses Euclidean splits (a hyperplane plus
+an offset):
+- `l2` splits the raw vectors;
+- `cosine` vectors arrive unit-normalised, where Euclidean order is cosine order, and an offset
+  lets a split cut off a cap of the sphere instead of always passing through the origin;
+- `ip` (maximum inner product) uses the reduction Annoy's `dot` metric uses: every vector gets
+  one extra coordinate sqrt(M^2 - |x|^2), M the largest norm, so that all of them lie on the
+  sphere of radius M, where the nearest in l2 is the largest inner product. A query is scaled
+  to norm M (which does not change its ranking) and its extra coordinate is 0, so the trees
+  only keep the first `dim` components of each hyperplane.
+
+Search: one priority queue across all trees, keyed by the smallest margin along the path
+(Annoy), until `search_k` leaf entries have been collected; every new point is scored exactly
+as it arrives (a visited marker with a generation counter drops duplicates), and the best k are
+kept in a small heap. The whole batch is answered in one numba call.
+
+Flat storage for the whole forest (node codes: an internal node is its row `>= 0`, a leaf is
+`-(leaf + 1)`):
+- `hyperplanes` (n_internal, dim) float32, `offsets` (n_internal,) float32: a point goes to
+  `children[node, 1]` when `hyperplanes[node] . x + offsets[node] > 0`, else `children[node, 0]`;
+- `children` (n_internal, 2) int32 node codes; `roots` (n_trees,) int32 node codes;
+- `indices` (n_trees * n,) int32 row numbers, tree after tree, each tree's leaves in order;
+  leaf j holds `indices[leaf_offsets[j]:leaf_offsets[j + 1]]`.
+
+`add` appends vectors; the forest is (re)built over all points lazily, before the next search
+or save. Adding in many small batches between searches therefore rebuilds each time: for a
+growing collection, add in bulk (the service buffers fresh writes and rebuilds in the
+background).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .base import Index, check_positive_int
+
+_JIT = dict(nogil=True, cache=True, fastmath=True)
+_TWO_MEANS_STEPS = 200  # Annoy's ITERATION_STEPS
+_SPLIT_TRIES = 3  # re-draws of an unbalanced split before a blind half-half split (Annoy)
+_MAX_IMBALANCE = 0.95
+_SEARCH_K_PER_TREE_AND_K = 4  # default search_k = this * n_trees * k (Annoy: 1)
+_RERANK_PER_K = 4  # candidates re-scored exactly, per result asked for
+
+
+# ---------------------------------------------------------------- randomness (explicit state)
+
+
+@numba.njit(**_JIT)
+def _rand_below(state, bound):
+    """Uniform integer in [0, bound) from a xorshift64* generator; `state` is uint64 (1,)."""
+    x = state[0]
+    x ^= x >> np.uint64(12)
+    x ^= x << np.uint64(25)
+    x ^= x >> np.uint64(27)
+    state[0] = x
+    return np.int64((x * np.uint64(2685821657736338717)) >> np.uint64(33)) % bound
+
+
+# ------------------------------------------------------------------------------ build
+
+
+@numba.njit(**_JIT)
+def _sq_dist(a, b):
+    acc = np.float32(0.0)
+    for z in range(a.shape[0]):
+        diff = a[z] - b[z]
+        acc += diff * diff
+    return acc
+
+
+@numba.njit(**_JIT)
+def _two_means_split(data, perm, start, end, state, p, q, normal):
+    """Fill `normal` (dim,) with the unit normal of the bisector of two 2-means centroids and
+    return its offset; return NaN when the sampled centroids coincide."""
+    count = end - start
+    i = _rand_below(state, count)
+    j = _rand_below(state, count - 1)
+    if j >= i:
+        j += 1
+    p[:] = data[perm[start + i]]
+    q[:] = data[perm[start + j]]
+    ic = np.float32(1.0)
+    jc = np.float32(1.0)
+    for _ in range(_TWO_MEANS_STEPS):
+        x = data[perm[start + _rand_below(state, count)]]
+        di = ic * _sq_dist(p, x)
+        dj = jc * _sq_dist(q, x)
+        if di < dj:
+            for z in range(p.shape[0]):
+                p[z] = (p[z] * ic + x[z]) / (ic + 1)
+            ic += 1
+        elif dj < di:
+            for z in range(q.shape[0]):
+                q[z] = (q[z] * jc + x[z]) / (jc + 1)
+            jc += 1
+    norm = np.float32(0.0)
+    for z in range(normal.shape[0]):
+        normal[z] = p[z] - q[z]
+        norm += normal[z] * normal[z]
+    if norm <= 0:
+        return np.float32(np.nan)
+    norm = np.sqrt(norm)
+    offset = np.float32(0.0)
+    for z in range(normal.shape[0]):
+        normal[z] /= norm
+        offset -= normal[z] * (p[z] + q[z]) * np.float32(0.5)
+    return offset
+
+
+@numba.njit(**_JIT)
+def _partition(data, perm, start, end, normal, offset, state):
+    """Reorder perm[start:end] so points with positive margin come last; return the split."""
+    lo = start
+    hi = end - 1
+    while lo <= hi:
+        x = data[perm[lo]]
+        m = offset
+        for z in range(normal.shape[0]):
+            m += normal[z] * x[z]
+        if m > 0 or (m == 0 and _rand_below(state, 2) == 1):
+            tmp = perm[lo]
+            perm[lo] = perm[hi]
+            perm[hi] = tmp
+            hi -= 1
+        else:
+            lo += 1
+    return lo
+
+
+@numba.njit(**_JIT)
+def _grow_nodes(hyperplanes, offsets, children):
+    cap = hyperplanes.shape[0] * 2
+    h = np.zeros((cap, hyperplanes.shape[1]), dtype=np.float32)
+    o = np.zeros(cap, dtype=np.float32)
+    c = np.zeros((cap, 2), dtype=np.int32)
+    h[: hyperplanes.shape[0]] = hyperplanes
+    o[: offsets.shape[0]] = offsets
+    c[: children.shape[0]] = children
+    return h, o, c
+
+
+@numba.njit(**_JIT)
+def _build_tree(data, leaf_size, keep_dim, seed):
+    """One tree over all rows of `data` (n, d) float32.
+
+    Returns hyperplanes (n_internal, keep_dim) float32, offsets (n_internal,) float32,
+    children (n_internal, 2) int32 node codes, perm (n,) int32 rows in leaf order,
+    leaf_starts (n_leaves,) int64 positions in perm, and the root's node code.
+    """
+    n, d = data.shape
+    state = np.empty(1, dtype=np.uint64)
+    state[0] = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(0x632BE59BD9B4E019)
+    if state[0] == 0:
+        state[0] = np.uint64(1)
+    perm = np.arange(n).astype(np.int32)
+    cap = max(16, 4 * n // max(leaf_size, 1) + 16)
+    hyperplanes = np.zeros((cap, d), dtype=np.float32)
+    offsets = np.zeros(cap, dtype=np.float32)
+    children = np.zeros((cap, 2), dtype=np.int32)
+    leaf_starts = np.empty(n, dtype=np.int64)
+    n_internal = 0
+    n_leaves = 0
+    root = np.int32(0)
+    p = np.empty(d, dtype=np.float32)
+    q = np.empty(d, dtype=np.float32)
+    normal = np.empty(d, dtype=np.float32)
+    # Explicit depth-first stack; the left child is taken first so leaves come out in the
+    # order of their positions in perm.
+    s_start = np.empty(n + 1, dtype=np.int64)
+    s_end = np.empty(n + 1, dtype=np.int64)
+    s_parent = np.empty(n + 1, dtype=np.int64)
+    s_side = np.empty(n + 1, dtype=np.int64)
+    s_start[0], s_end[0], s_parent[0], s_side[0] = 0, n, -1, 0
+    top = 1
+    while top > 0:
+        top -= 1
+        start, end, parent, side = s_start[top], s_end[top], s_parent[top], s_side[top]
+        if end - start <= leaf_size:
+            leaf_starts[n_leaves] = start
+            code = np.int32(-(n_leaves + 1))
+            n_leaves += 1
+        else:
+            mid = start
+            offset = np.float32(0.0)
+            for _ in range(_SPLIT_TRIES):
+                offset = _two_means_split(data, perm, start, end, state, p, q, normal)
+                if np.isnan(offset):
+                    continue
+                mid = _partition(data, perm, start, end, normal, offset, state)
+                left = (mid - start) / (end - start)
+                if max(left, 1.0 - left) <= _MAX_IMBALANCE:
+                    break
+            left = (mid - start) / (end - start)
+            if np.isnan(offset) or max(left, 1.0 - left) > _MAX_IMBALANCE:
+                # Duplicates or a degenerate cloud: a blind half-half split. A zero
+                # hyperplane gives both sides the same priority at search time.
+                normal[:] = 0
+                offset = np.float32(0.0)
+                mid = (start + end) // 2
+            if n_internal == hyperplanes.shape[0]:
+                hyperplanes, offsets, children = _grow_nodes(hyperplanes, offsets, children)
+            hyperplanes[n_internal] = normal
+            offsets[n_internal] = offset
+            code = np.int32(n_internal)
+            n_internal += 1
+            s_start[top], s_end[top], s_parent[top], s_side[top] = mid, end, code, 1
+            s_start[top + 1], s_end[top + 1], s_parent[top + 1], s_side[top + 1] = start, mid, code, 0
+            top += 2
+        if parent < 0:
+            root = code
+        else:
+            children[parent, side] = code
+    return (
+        np.ascontiguousarray(hyperplanes[:n_internal, :keep_dim]),
+        offsets[:n_internal].copy(),
+        children[:n_internal].copy(),
+        perm,
+        leaf_starts[:n_leaves].copy(),
+        root,
+    )
+
+
+# ----------------------------------------------------------------------------- search
+
+
+@intrinsic
+def _prefetch(typingctx, array, row, col):
+    """Hint the CPU to fetch the cache line of array[row, col] (2-D); no effect on results.
+
+    Scoring a leaf's points is bound by memory latency (rows are scattered over a large
+    array); fetching all of a leaf's rows before scoring them overlaps those misses.
+    """
+    sig = types.void(array, row, col)
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        ary = context.make_array(array_type)(context, builder, args[0])
+        at = [context.cast(builder, a, t, types.intp) for a, t in zip(args[1:], signature.args[1:])]
+        ptr = cgutils.get_item_pointer(context, builder, array_type, ary, at)
+        byte_ptr = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # read access, high temporal locality, data cache
+        builder.call(fn, [builder.bitcast(ptr, byte_ptr), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@numba.njit(**_JIT)
+def _heap_push(keys, codes, size, key, code):
+    """Push onto the max-heap keys[:size]; returns the new size (drops the push when full)."""
+    if size == keys.shape[0]:
+        return size
+    i = size
+    while i > 0:
+        parent = (i - 1) >> 1
+        if keys[parent] >= key:
+            break
+        keys[i] = keys[parent]
+        codes[i] = codes[parent]
+        i = parent
+    keys[i] = key
+    codes[i] = code
+    return size + 1
+
+
+@numba.njit(**_JIT)
+def _heap_sift_down(keys, codes, size, key, code):
+    """Place (key, code) at the root of the max-heap keys[:size] and restore the order."""
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and keys[child + 1] > keys[child]:
+            child += 1
+        if keys[child] <= key:
+            break
+        keys[i] = keys[child]
+        codes[i] = codes[child]
+        i = child
+    keys[i] = key
+    codes[i] = code
+
+
+@numba.njit(**_JIT)
+def _heap_offer(keys, codes, size, key, code):
+    """Offer (key, code) to the bounded max-heap keys[:size] that keeps the keys.shape[0]
+    smallest keys; returns the new size."""
+    if size < keys.shape[0]:
+        i = size
+        while i > 0:
+            parent = (i - 1) >> 1
+            if keys[parent] >= key:
+                break
+            keys[i] = keys[parent]
+            codes[i] = codes[parent]
+            i = parent
+        keys[i] = key
+        codes[i] = code
+        return size + 1
+    if key < keys[0]:
+        _heap_sift_down(keys, codes, size, key, code)
+    return size
+
+
+@numba.njit(**_JIT)
+def _search_one(
+    query, tree_query, code_query, code_bias, search_k, data, codes, code_scale, is_l2,
+    hyperplanes, offsets, children, roots, leaf_offsets, indices,
+    visited, generation, pq_keys, pq_codes, cand_d, cand_i, best_d, best_i, batch,
+):
+    """Fill best_d[:found], best_i[:found] (a max-heap by exact distance, lower is better;
+    minus the inner product for ip) with the best len(best_d) rows; return found."""
+    dim = query.shape[0]
+    n_cand = 0
+    collected = 0
+    pq_size = 0
+    n_trees = roots.shape[0]
+    t = 0
+    while collected < search_k:
+        # The next subtree: every tree's root first (priority +inf), then the queue.
+        if t < n_trees:
+            code = roots[t]
+            key = np.float32(np.inf)
+            t += 1
+        elif pq_size > 0:
+            code = pq_codes[0]
+            key = pq_keys[0]
+            pq_size -= 1
+            if pq_size > 0:
+                _heap_sift_down(pq_keys, pq_codes, pq_size, pq_keys[pq_size], pq_codes[pq_size])
+        else:
+            break
+        # Descend to a leaf along the near side, queueing each far side. This visits leaves in
+        # the same order as a pure best-first queue: the near child's key never drops below
+        # what the far sides just queued.
+        while code >= 0:
+            left = children[code, 0]
+            right = children[code, 1]
+            # Start fetching both children while this margin is computed: the walk down is a
+            # chain of dependent loads otherwise.
+            if left >= 0:
+                for z in range(0, dim, 16):
+                    _prefetch(hyperplanes, left, z)
+                _prefetch(hyperplanes, left, dim - 1)
+            if right >= 0:
+                for z in range(0, dim, 16):
+                    _prefetch(hyperplanes, right, z)
+                _prefetch(hyperplanes, right, dim - 1)
+            h = hyperplanes[code]
+            m = offsets[code]
+            for z in range(dim):
+                m += h[z] * tree_query[z]
+            if m > 0:
+                near = right
+                far = left
+            else:
+                near = left
+                far = right
+                m = -m
+            pq_size = _heap_push(pq_keys, pq_codes, pq_size, min(key, -m), far)
+            key = min(key, m)
+            code = near
+        leaf = -code - 1
+        lo = leaf_offsets[leaf]
+        hi = leaf_offsets[leaf + 1]
+        collected += hi - lo
+        # Pass 1: keep the unseen rows and start fetching their codes; pass 2: score them.
+        fresh = 0
+        for pos in range(lo, hi):
+            row = indices[pos]
+            if visited[row] != generation:
+                visited[row] = generation
+                for z in range(0, dim, 64):
+                    _prefetch(codes, row, z)
+                _prefetch(codes, row, dim - 1)
+                batch[fresh] = row
+                fresh += 1
+        for b in range(fresh):
+            row = batch[b]
+            c = codes[row]
+            approx = np.float32(0.0)
+            if is_l2:
+                for z in range(dim):
+                    diff = code_scale[z] * np.float32(c[z]) - code_query[z]
+                    approx += diff * diff
+            else:
+                for z in range(dim):
+                    approx -= code_query[z] * np.float32(c[z])
+                approx -= code_bias
+            n_cand = _heap_offer(cand_d, cand_i, n_cand, approx, row)
+    # Exact re-scoring of the best candidates by their 8-bit codes.
+    for b in range(n_cand):
+        row = cand_i[b]
+        for z in range(0, dim, 16):
+            _prefetch(data, row, z)
+        _prefetch(data, row, dim - 1)
+    found = 0
+    for b in range(n_cand):
+        row = cand_i[b]
+        x = data[row]
+        dist = np.float32(0.0)
+        if is_l2:
+            for z in range(dim):
+                diff = x[z] - query[z]
+                dist += diff * diff
+        else:
+            for z in range(dim):
+                dist -= x[z] * query[z]
+        found = _heap_offer(best_d, best_i, found, dist, row)
+    return found
+
+
+@numba.njit(**_JIT)
+def _search_batch(
+    queries, k, rerank, search_k, data, codes, code_min, code_scale, ids, is_l2,
+    sphere_radius, max_leaf, hyperplanes, offsets, children, roots, leaf_offsets, indices,
+    visited, generation, pq_keys, pq_codes, out_ids, out_scores,
+):
+    """Answer (nq, dim) queries into out_ids (nq, k) int64 and out_scores (nq, k) float32.
+
+    Candidates are ranked by their 8-bit codes `codes` (n, >=dim) uint8 (x ~ code_min +
+    code_scale * code) and the best `rerank` of them re-scored exactly on `data` (n, dim).
+    `visited` (n,) uint32 and `generation` (1,) uint32 are the caller's scratch: a row counts
+    as seen for this query when visited[row] == the query's generation, so nothing is
+    cleared between queries. `pq_*` is the caller's preallocated priority queue.
+    """
+    nq, dim = queries.shape
+    tree_query = np.empty(dim, dtype=np.float32)
+    code_query = np.empty(dim, dtype=np.float32)
+    cand_d = np.empty(max(rerank, k), dtype=np.float32)
+    cand_i = np.empty(max(rerank, k), dtype=np.int32)
+    best_d = np.empty(k, dtype=np.float32)
+    best_i = np.empty(k, dtype=np.int32)
+    batch = np.empty(max_leaf, dtype=np.int32)
+    for qi in range(nq):
+        query = queries[qi]
+        code_bias = np.float32(0.0)
+        if is_l2:
+            tree_query[:] = query
+            for z in range(dim):
+                code_query[z] = query[z] - code_min[z]
+        else:
+            # ip: the trees live on the sphere of radius `sphere_radius`; scaling the query
+            # onto it keeps its inner-product ranking.
+            norm = np.float32(0.0)
+            for z in range(dim):
+                norm += query[z] * query[z]
+                code_query[z] = query[z] * code_scale[z]
+                code_bias += query[z] * code_min[z]
+            scale = sphere_radius / np.sqrt(norm) if norm > 0 else np.float32(1.0)
+            for z in range(dim):
+                tree_query[z] = query[z] * scale
+        generation[0] += np.uint32(1)
+        if generation[0] == 0:
+            visited[:] = 0
+            generation[0] = np.uint32(1)
+        found = _search_one(
+            query, tree_query, code_query, code_bias, search_k, data, codes, code_scale, is_l2,
+            hyperplanes, offsets, children, roots, leaf_offsets, indices,
+            visited, generation[0], pq_keys, pq_codes, cand_d, cand_i, best_d, best_i, batch,
+        )
+        order = np.argsort(best_d[:found])
+        for r in range(found):
+            out_ids[qi, r] = ids[best_i[order[r]]]
+            d = best_d[order[r]]
+            out_scores[qi, r] = d if is_l2 else -d
+        for r in range(found, k):
+            out_ids[qi, r] = -1
+            out_scores[qi, r] = np.inf if is_l2 else -np.inf
+
+
+def _encode(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """8-bit scalar codes of (n, dim) float32 rows: codes (n, dim) uint8 in rows padded to
+    whole 64-byte cache lines and aligned to them, per-dimension min and step (dim,) float32."""
+    n, dim = x.shape
+    lo = x.min(axis=0) if n else np.zeros(dim, np.float32)
+    hi = x.max(axis=0) if n else np.zeros(dim, np.float32)
+    step = ((hi - lo) / 255).astype(np.float32)
+    safe = np.where(step > 0, step, 1)
+    width = -(-dim // 64) * 64
+    buf = np.zeros(n * width + 64, dtype=np.uint8)
+    skip = -buf.ctypes.data % 64
+    codes = buf[skip : skip + n * width].reshape(n, width)
+    codes[:, :dim] = np.clip(np.rint((x - lo) / safe), 0, 255).astype(np.uint8)
+    return codes, lo.astype(np.float32), step
+
+
+# ------------------------------------------------------------------------------ class
 
 
 class ForestIndex(Index):
+    """In-house Annoy-style random-projection forest (all metrics).
+
+    Build: `n_trees` (more trees: better recall per candidate, more memory and build time),
+    `leaf_size` (points per leaf at most; default from the dimension as in Annoy), `seed`.
+    Search: `search_k`, leaf entries collected before the exact re-scoring (default
+    4 * n_trees * k); the one knob for speed against recall.
+    """
+
     kind = "forest"
+    build_defaults = {"n_trees": 50, "leaf_size": None, "seed": 0}
+    search_defaults = {"search_k": None}
+
+    def __init__(self, dim: int, metric: str = "l2", **build_params: Any) -> None:
+        super().__init__(dim, metric, **build_params)
+        self._vectors = np.empty((0, dim), dtype=np.float32)
+        self._ids = np.empty(0, dtype=np.int64)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._forest: dict[str, np.ndarray] | None = None
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._version = 0
+        self._codes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._snapshot: tuple[int, tuple] | None = None
+
+    # ---- parameters
+
+    def _check_param(self, name: str, value: Any) -> Any:
+        if name == "seed":
+            return check_positive_int(name, value, minimum=0)
+        if name == "leaf_size":
+            return check_positive_int(name, value, minimum=2)
+        return check_positive_int(name, value)
+
+    def _leaf_size(self) -> int:
+        leaf_size = self.build_params.get("leaf_size")
+        # Annoy's leaves hold as many ids as fit in a node's hyperplane, about dim + 2; that
+        # keeps the hyperplanes' memory near the vectors' own per tree.
+        return int(leaf_size) if leaf_size is not None else max(32, min(self.dim + 2, 256))
+
+    def default_search_k(self, k: int) -> int:
+        return _SEARCH_K_PER_TREE_AND_K * int(self.build_params["n_trees"]) * k
+
+    # ---- data
+
+    def __len__(self) -> int:
+        return self._vectors.shape[0] + sum(v.shape[0] for v, _ in self._pending)
+
+    def _add(self, x: np.ndarray, ids: np.ndarray) -> None:
+        with self._lock:
+            self._pending.append((x.copy(), ids.copy()))
+            self._forest = None
+
+    def _ensure_built(self) -> tuple[int, tuple]:
+        """The current search snapshot, (re)building the forest first if vectors were added."""
+        snapshot = self._snapshot
+        if snapshot is not None and self._forest is not None:
+            return snapshot
+        with self._lock:
+            if self._forest is None:
+                if self._pending:
+                    self._vectors = np.ascontiguousarray(
+                        np.concatenate([self._vectors] + [v for v, _ in self._pending])
+                    )
+                    self._ids = np.concatenate([self._ids] + [i for _, i in self._pending])
+                    self._pending = []
+                self._forest = self._build(self._vectors)
+                self._on_new_forest()
+            return self._snapshot
+
+    def _build(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        n_trees = int(self.build_params["n_trees"])
+        leaf_size = self._leaf_size()
+        seed = int(self.build_params["seed"])
+        radius = np.float32(1.0)
+        data = x
+        if self.metric == "ip":
+            sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+            radius = np.float32(np.sqrt(sq.max())) if sq.max() > 0 else np.float32(1.0)
+            extra = np.sqrt(np.maximum(float(radius) ** 2 - sq, 0.0)).astype(np.float32)
+            data = np.ascontiguousarray(np.hstack([x, extra[:, None]]))
+        parts = [_build_tree(data, leaf_size, self.dim, seed * 7919 + t) for t in range(n_trees)]
+        n = x.shape[0]
+        internal_base = np.cumsum([0] + [p[0].shape[0] for p in parts])
+        leaf_base = np.cumsum([0] + [p[4].shape[0] for p in parts])
+
+        def shift(codes: np.ndarray, t: int) -> np.ndarray:
+            return np.where(codes >= 0, codes + internal_base[t], codes - leaf_base[t]).astype(np.int32)
+
+        return {
+            "hyperplanes": np.ascontiguousarray(np.concatenate([p[0] for p in parts])),
+            "offsets": np.concatenate([p[1] for p in parts]),
+            "children": np.ascontiguousarray(np.concatenate([shift(p[2], t) for t, p in enumerate(parts)])),
+            "roots": np.array([shift(np.array([p[5]]), t)[0] for t, p in enumerate(parts)], dtype=np.int32),
+            "indices": np.concatenate([p[3] for p in parts]),
+            "leaf_offsets": np.concatenate(
+                [p[4] + t * n for t, p in enumerate(parts)] + [np.array([n_trees * n])]
+            ).astype(np.int64),
+            "sphere_radius": np.array([radius], dtype=np.float32),
+        }
+
+    # ---- search
+
+    def _scratch(self, version: int, n: int, n_internal: int) -> tuple[np.ndarray, ...]:
+        """This thread's visited markers and queue, kept between calls."""
+        local = self._local
+        if getattr(local, "version", None) != version:
+            # Each internal node is queued at most once per query: this bound never overflows,
+            # and only the pages a query touches are ever committed.
+            local.scratch = (
+                np.zeros(n, dtype=np.uint32),
+                np.zeros(1, dtype=np.uint32),
+                np.empty(n_internal + 1, dtype=np.float32),
+                np.empty(n_internal + 1, dtype=np.int32),
+            )
+            local.version = version
+        return local.scratch
+
+    def _search(self, q: np.ndarray, k: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        version, args = self._ensure_built()
+        search_k = params["search_k"] or self.default_search_k(k)
+        scratch = self._scratch(version, args[0].shape[0], args[10].shape[0])
+        out_ids = np.empty((q.shape[0], k), dtype=np.int64)
+        out_scores = np.empty((q.shape[0], k), dtype=np.float32)
+        _search_batch(q, k, _RERANK_PER_K * k, search_k, *args, *scratch, out_ids, out_scores)
+        return out_ids, out_scores
+
+    # ---- persistence
+
+    def _state(self) -> dict[str, np.ndarray]:
+        if len(self):
+            self._ensure_built()
+        return {"vectors": self._vectors, "ids": self._ids, **(self._forest or {})}
+
+    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
+        self._vectors = np.ascontiguousarray(arrays["vectors"], dtype=np.float32)
+        self._ids = np.ascontiguousarray(arrays["ids"], dtype=np.int64)
+        self._pending = []
+        if self._vectors.shape[0]:
+            self._forest = {
+                name: np.ascontiguousarray(arrays[name])
+                for name in ("hyperplanes", "offsets", "children", "roots", "indices",
+                             "leaf_offsets", "sphere_radius")
+            }
+        else:
+            self._forest = None
+        self._on_new_forest()
+
+    def _on_new_forest(self) -> None:
+        """Derive what search needs from the vectors and the forest, as one snapshot that a
+        concurrent search reads whole."""
+        forest = self._forest
+        self._version += 1  # a new snapshot invalidates every thread's scratch
+        if not forest:
+            self._codes = None
+            self._snapshot = None
+            return
+        # 8-bit codes rank the candidates (one cache line per row at dim <= 64, a quarter of
+        # the float32 row); they are derived, not saved.
+        self._codes = _encode(self._vectors)
+        args = (
+            self._vectors, *self._codes, self._ids, self.space == "l2",
+            forest["sphere_radius"][0], int(np.diff(forest["leaf_offsets"]).max()),
+            forest["hyperplanes"], forest["offsets"], forest["children"], forest["roots"],
+            forest["leaf_offsets"], forest["indices"],
+        )
+        self._snapshot = (self._version, args)
+
+    def memory_bytes(self) -> int:
+        forest = self._forest or {}
+        held = [self._vectors, self._ids, *forest.values(), *(self._codes or ())]
+        held += [a for pair in self._pending for a in pair]
+        return int(sum(a.nbytes for a in held))
