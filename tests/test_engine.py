@@ -167,7 +167,7 @@ def test_rebuild_drains_fresh_exactly_while_writes_and_searches_go_on(manager, g
     stop.set()
     for t in searchers:
         t.join()
-    assert not errors and wait(job).state == "succeeded"
+    assert wait(job).state == "succeeded" and not errors, errors
     shard = c._shards[0]
     info = c.info()
     assert info["count"] == written
