@@ -1,6 +1,160 @@
-"""Placeholder: being written (a helper replaces this file)."""
-from .base import Index
+"""The `hnswlib` kind: nmslib's HNSW graph, with user ids as hnswlib labels.
+
+hnswlib keeps the search beam `ef` in the index object (`set_ef`), not per call. A per-call
+`ef` therefore has to change shared state, and a search running meanwhile would silently use
+the other caller's ef. `_EfGate` makes that race-free without serialising the common case:
+searches that want the index's current ef run together; one that wants another ef waits
+until they drain, switches, and then lets its own kind run together. Adds are exclusive,
+because growing the index (`resize_index`) reallocates under running searches.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import hnswlib
+import numpy as np
+
+from .base import Index, check_positive_int, serialize_bytes
+
+INITIAL_CAPACITY = 1024
+# hnswlib's per-element extras besides vector and links: the level-0 link count (4 bytes),
+# the label (8), the element's level (4), its upper-link pointer (8) and its slot in the
+# label -> id hash map (~32 with the node), rounded.
+PER_ELEMENT_OVERHEAD = 56
+
+
+class _EfGate:
+    """A lock that admits any number of holders of the same mode, or one exclusive holder.
+
+    Modes are ef values for searches; `exclusive()` is for writers. A newcomer whose mode is
+    current still waits while others are queued for a different mode, so a steady stream
+    of default-ef searches cannot starve an override.
+    """
+
+    def __init__(self, set_ef: Any, ef: int) -> None:
+        self._cond = threading.Condition()
+        self._set_ef = set_ef
+        self._ef = ef  # the ef the hnswlib index holds now
+        self._mode: Any = ef
+        self._active = 0
+        self._waiting = 0
+
+    def rebind(self, set_ef: Any, ef: int) -> None:
+        """Point the gate at a new hnswlib index (after load); call with no search running."""
+        with self._cond:
+            self._set_ef = set_ef
+            set_ef(ef)
+            self._ef = self._mode = ef
+
+    @contextmanager
+    def searching(self, ef: int) -> Iterator[None]:
+        with self._enter(ef, exclusive=False):
+            yield
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._enter(object(), exclusive=True):
+            yield
+
+    @contextmanager
+    def _enter(self, mode: Any, exclusive: bool) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._active and (exclusive or self._mode != mode or self._waiting > 1):
+                self._cond.wait()
+            self._waiting -= 1
+            self._mode = mode
+            if not exclusive and self._ef != mode:
+                self._set_ef(mode)
+                self._ef = mode
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
 
 
 class HnswlibIndex(Index):
+    """hnswlib HNSW graph (vectors kept in full precision). `library_index` is the
+    `hnswlib.Index`.
+
+    Build: `M` links per node (2M on layer 0), `ef_construction` build beam. Search: `ef`,
+    the beam, at least k (hnswlib uses max(ef, k)). Capacity doubles automatically on add.
+    An id added again replaces the stored vector.
+    """
+
     kind = "hnswlib"
+    build_defaults = {"M": 16, "ef_construction": 200}
+    search_defaults = {"ef": 64}
+
+    def __init__(self, dim: int, metric: str = "l2", **build_params: Any) -> None:
+        super().__init__(dim, metric, **build_params)
+        self.library_index = hnswlib.Index(space=self.space, dim=self.dim)
+        self.library_index.init_index(
+            max_elements=INITIAL_CAPACITY,
+            M=self.build_params["M"],
+            ef_construction=self.build_params["ef_construction"],
+        )
+        self._gate = _EfGate(self.library_index.set_ef, self.search_params["ef"])
+        self.library_index.set_ef(self.search_params["ef"])
+
+    def _check_param(self, name: str, value: Any) -> Any:
+        # hnswlib needs at least two links per node to build a connected graph.
+        return check_positive_int(name, value, minimum=2 if name == "M" else 1)
+
+    def _add(self, x: np.ndarray, ids: np.ndarray) -> None:
+        with self._gate.exclusive():
+            index = self.library_index
+            needed = index.element_count + x.shape[0]
+            if needed > index.max_elements:
+                index.resize_index(max(needed, 2 * index.max_elements))
+            index.add_items(x, ids)
+
+    def _search(self, q: np.ndarray, k: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        # One query gains nothing from a thread pool; a batch uses all cores.
+        threads = 1 if q.shape[0] == 1 else -1
+        with self._gate.searching(params["ef"]):
+            labels, distances = self.library_index.knn_query(q, k=k, num_threads=threads)
+        # hnswlib's "ip" space returns the distance 1 - <q, x>; the contract wants <q, x>.
+        # Its "l2" space is already the squared Euclidean distance.
+        scores = 1.0 - distances if self.space == "ip" else distances
+        return labels.astype(np.int64, copy=False), scores
+
+    def __len__(self) -> int:
+        return int(self.library_index.element_count)
+
+    def memory_bytes(self) -> int:
+        """Estimate: capacity x (vector + 2M level-0 links + overhead) + upper layers.
+
+        hnswlib allocates level 0 for the whole capacity up front; an element reaches the
+        upper layers with probability ~1/M, each such element holding M links per layer.
+        """
+        index, m = self.library_index, self.build_params["M"]
+        level0 = self.dim * 4 + (2 * m + 1) * 4 + PER_ELEMENT_OVERHEAD
+        upper = (m + 1) * 4 * index.element_count // max(m - 1, 1)
+        return int(index.max_elements * level0 + upper)
+
+    def _state(self) -> dict[str, np.ndarray]:
+        # hnswlib serialises only to a file path.
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "hnswlib.bin")
+            with self._gate.exclusive():
+                self.library_index.save_index(path)
+            with open(path, "rb") as f:
+                return {"hnswlib": serialize_bytes(f.read())}
+
+    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
+        index = hnswlib.Index(space=self.space, dim=self.dim)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "hnswlib.bin")
+            arrays["hnswlib"].tofile(path)
+            index.load_index(path)
+        self.library_index = index
+        self._gate.rebind(index.set_ef, self.search_params["ef"])

@@ -1,0 +1,260 @@
+"""Every kind in INDEX_KINDS against exact search on real data, and the contract's edges.
+
+Each (kind, dataset, metric) index is built once per module (`built`) and shared by the
+tests that only read it. Cases: GloVe with cosine, Fashion-MNIST with l2, GloVe with ip.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from conftest import K
+
+from indexes import INDEX_KINDS, brute_force_knn, create_index, load_index, recall_at_k
+from indexes.base import worst_score
+from indexes.evaluate import sorted_best_first
+
+# recall@10 at default parameters that each kind must reach on every case it serves.
+GRAPH_FLOOR = 0.95  # hnsw, hnswlib
+FLAT_FLOOR = 0.999
+IVF_FLAT_FLOOR = 0.90
+FOREST_FLOOR = 0.90
+IVF_PQ_FLOOR = 0.85
+PQ_FLOOR = 0.70
+LSH_FLOOR = 0.90  # cosine / ip
+LSH_L2_FLOOR = 0.80  # only if the lsh kind chooses to serve l2; no figure was agreed for it
+FLOORS = {
+    "flat": FLAT_FLOOR,
+    "ivf_flat": IVF_FLAT_FLOOR,
+    "ivf_pq": IVF_PQ_FLOOR,
+    "pq": PQ_FLOOR,
+    "hnsw": GRAPH_FLOOR,
+    "hnswlib": GRAPH_FLOOR,
+    "lsh": LSH_FLOOR,
+    "forest": FOREST_FLOOR,
+}
+CASES = [("glove", "cosine"), ("fashion", "l2"), ("glove", "ip")]
+KINDS = sorted(INDEX_KINDS)
+# Kinds whose search visits every item of a small index at default parameters.
+EXHAUSTIVE_WHEN_SMALL = {"flat", "ivf_flat", "ivf_pq", "pq", "hnsw", "hnswlib"}
+
+
+def user_ids(rows: np.ndarray) -> np.ndarray:
+    """Ids unlike row positions, so a kind that returns positions fails recall."""
+    return np.asarray(rows, dtype=np.int64) * 3 + 1000
+
+
+def floor(kind: str, metric: str) -> float:
+    return LSH_L2_FLOOR if (kind, metric) == ("lsh", "l2") else FLOORS[kind]
+
+
+def first_metric(kind: str) -> str:
+    return "cosine" if "cosine" in INDEX_KINDS[kind].metrics else INDEX_KINDS[kind].metrics[0]
+
+
+@pytest.fixture(scope="module")
+def data(glove, fashion):
+    """name -> Dataset, and (name, metric) -> exact truth as user ids (nq, K)."""
+    sets = {"glove": glove, "fashion": fashion}
+    truth = {(d.name, d.metric): user_ids(d.truth) for d in sets.values()}
+    truth[("glove", "ip")] = user_ids(brute_force_knn(glove.base, glove.queries, K, "ip")[0])
+    return sets, truth
+
+
+@pytest.fixture(scope="module")
+def built(data):
+    """built(kind, name, metric) -> the index over that dataset at default parameters."""
+    sets, _ = data
+    cache = {}
+
+    def get(kind, name, metric):
+        if (kind, name, metric) not in cache:
+            d = sets[name]
+            index = create_index(kind, d.dim, metric)
+            index.train(d.base)
+            index.add(d.base, user_ids(np.arange(d.base.shape[0])))
+            cache[kind, name, metric] = index
+        return cache[kind, name, metric]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def small():
+    """small(kind) -> an index of 200 random 16-d vectors with ids 0..199, and its metric."""
+    cache = {}
+
+    def get(kind):
+        if kind not in cache:
+            metric = first_metric(kind)
+            x = np.random.default_rng(7).standard_normal((200, 16)).astype(np.float32)
+            index = create_index(kind, 16, metric)
+            index.train(x)
+            index.add(x, np.arange(200))
+            cache[kind] = index
+        return cache[kind]
+
+    return get
+
+
+def glove_index(kind, built):
+    return built(kind, "glove", first_metric(kind))
+
+
+@pytest.mark.parametrize("name, metric", CASES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_recall_order_and_scores(kind, name, metric, data, built):
+    """Recall@10 at defaults >= the kind's floor; best first; scores are the true ones."""
+    if metric not in INDEX_KINDS[kind].metrics:
+        with pytest.raises(ValueError, match=rf"(?s)(?=.*{kind})(?=.*{metric})"):
+            create_index(kind, 8, metric)
+        return
+    sets, truth = data
+    d, index = sets[name], built(kind, name, metric)
+    ids, scores = index.search(d.queries, K)
+    assert ids.shape == scores.shape == (d.queries.shape[0], K)
+    assert ids.dtype == np.int64 and scores.dtype == np.float32
+    recall = recall_at_k(ids, truth[name, metric])
+    print(f"recall@{K} {kind} {name} {metric}: {recall:.3f}")
+    assert recall >= floor(kind, metric), f"{kind} {name} {metric}: recall {recall:.3f}"
+    assert sorted_best_first(scores, metric)
+    # The scores are the contract's: recompute them exactly for the returned ids.
+    base, queries = d.base, d.queries
+    if metric == "cosine":
+        base = base / np.linalg.norm(base, axis=1, keepdims=True)
+        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    found = base[(ids - 1000) // 3]
+    if metric == "l2":
+        exact = ((found - queries[:, None, :]) ** 2).sum(axis=2)
+    else:
+        exact = np.einsum("qkd,qd->qk", found, queries)
+    np.testing.assert_allclose(scores, exact, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("name, metric", CASES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_round_trip(kind, name, metric, data, built, tmp_path):
+    if metric not in INDEX_KINDS[kind].metrics:
+        pytest.skip(f"{kind} does not serve {metric}")
+    sets, _ = data
+    index = built(kind, name, metric)
+    index.save(tmp_path / "index.npz")
+    loaded = load_index(tmp_path / "index.npz")
+    assert type(loaded) is type(index) and len(loaded) == len(index)
+    assert loaded.build_params == index.build_params
+    assert loaded.search_params == index.search_params
+    assert loaded.memory_bytes() > 0
+    queries = sets[name].queries[:50]
+    for got, want in zip(loaded.search(queries, K), index.search(queries, K)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bad_input_names_expected_and_received(kind, built):
+    index = glove_index(kind, built)
+    dim, q = index.dim, np.ones((2, index.dim), dtype=np.float32)
+
+    def raises(call, *fragments):
+        with pytest.raises(ValueError) as err:
+            call()
+        message = str(err.value)
+        for fragment in ("expected", "got", *fragments):
+            assert str(fragment) in message, f"{fragment!r} not in {message!r}"
+
+    raises(lambda: index.search(q[:, :-1], K), dim, dim - 1)
+    raises(lambda: index.search([["a"] * dim], K))
+    raises(lambda: index.search(np.where(np.eye(2, dim) > 0, np.nan, q), K), "NaN")
+    raises(lambda: index.search(np.where(np.eye(2, dim) > 0, np.inf, q), K), "Inf")
+    raises(lambda: index.search(q, 0), "k")
+    raises(lambda: index.search(q, -1), "k")
+    raises(lambda: index.search(q, K, no_such_knob=3), "no_such_knob")
+    for name in INDEX_KINDS[kind].search_defaults:
+        raises(lambda: index.search(q, K, **{name: 0}), name)
+        raises(lambda: index.search(q, K, **{name: "many"}), name)
+    raises(lambda: index.add(q, np.arange(3)), "(2,)", "(3,)")
+    raises(lambda: index.add(q, np.array([-1, 5])), "ids")
+    raises(lambda: create_index(kind, dim, "cosine", no_such_build=1), "no_such_build")
+    for name in INDEX_KINDS[kind].build_defaults:
+        raises(lambda: create_index(kind, dim, first_metric(kind), **{name: 0}), name)
+        raises(lambda: create_index(kind, dim, first_metric(kind), **{name: "x"}), name)
+    raises(lambda: create_index(kind, dim, "hamming"), "hamming")
+    raises(lambda: create_index("no_such_kind", dim), "no_such_kind")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_untrained_or_empty_index_cannot_search(kind):
+    index = create_index(kind, 8, first_metric(kind))
+    q = np.ones((1, 8), dtype=np.float32)
+    with pytest.raises(ValueError, match="train" if index.needs_training else "empty"):
+        index.search(q, K)
+    if index.needs_training:
+        with pytest.raises(ValueError, match="train"):
+            index.add(q, np.array([1]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_k_larger_than_index_pads_with_minus_one(kind, small):
+    index = small(kind)
+    q = np.random.default_rng(8).standard_normal((3, 16)).astype(np.float32)
+    ids, scores = index.search(q, 250)
+    assert ids.shape == scores.shape == (3, 250)
+    for row_ids, row_scores in zip(ids, scores):
+        found = int((row_ids >= 0).sum())
+        assert found >= 1 and np.all(row_ids[found:] == -1), "padding must trail the results"
+        assert len(set(row_ids[:found])) == found and np.all(row_ids[:found] < 200)
+        assert np.all(row_scores[found:] == worst_score(index.metric))
+        assert sorted_best_first(row_scores[None, :found], index.metric)
+        if kind in EXHAUSTIVE_WHEN_SMALL:
+            assert found == 200
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_concurrent_searches_equal_serial(kind, glove, built):
+    """4 threads, one query per call, half of them with a per-call knob (a race would mix
+    the knobs up); each answer must equal the same call made serially."""
+    index = glove_index(kind, built)
+    params = [{}] * 16
+    if index.search_params:
+        name = next(iter(index.search_params))
+        params = [{} if i % 2 else {name: 1 if index.search_params[name] != 1 else 8} for i in range(16)]
+
+    def one(i):
+        return index.search(glove.queries[i : i + 1], K, **params[i])
+
+    serial = [one(i) for i in range(16)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(one, range(16)))
+    for (ids_s, scores_s), (ids_c, scores_c) in zip(serial, concurrent):
+        np.testing.assert_array_equal(ids_c, ids_s)
+        np.testing.assert_array_equal(scores_c, scores_s)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_per_call_param_overrides_only_that_call(kind, glove, built):
+    index = glove_index(kind, built)
+    if not index.search_params:
+        pytest.skip(f"{kind} has no search parameters")
+    name, default = next(iter(index.search_params.items()))
+    other = 1 if default != 1 else 8
+    before = index.search(glove.queries, K)
+    overridden = index.search(glove.queries, K, **{name: other})
+    after = index.search(glove.queries, K)
+    assert index.search_params[name] == default
+    assert not np.array_equal(overridden[0], before[0]), f"{name}={other} changed nothing"
+    for got, want in zip(after, before):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_flat_remove_drops_ids():
+    index = create_index("flat", 4, "l2")
+    x = np.eye(4, dtype=np.float32)
+    index.add(x, np.array([10, 11, 12, 13]))
+    assert index.remove(np.array([11, 13, 99])) == 2
+    assert len(index) == 2
+    ids, _ = index.search(x, 4)
+    assert set(ids[ids >= 0].tolist()) == {10, 12}
+    assert index.remove(np.array([], dtype=np.int64)) == 0
+    with pytest.raises(ValueError, match="ids"):
+        index.remove(np.array([-3]))
