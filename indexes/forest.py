@@ -81,9 +81,10 @@ def _sq_dist(a, b):
 
 
 @numba.njit(**_JIT)
-def _two_means_split(data, perm, start, end, state, p, q, normal):
-    """Fill `normal` (dim,) with the unit normal of the bisector of two 2-means centroids and
-    return its offset; return NaN when the sampled centroids coincide."""
+def _two_means_split(data, perm, start, end, state, p, q, normal, normal8):
+    """The bisector of two 2-means centroids: fill `normal8` (dim,) int8 with its unit normal
+    in 8 bits and `normal` (dim,) float32 with the same normal as searches will see it
+    (normal8 * scale); return (offset, scale), offset NaN when the centroids coincide."""
     count = end - start
     i = _rand_below(state, count)
     j = _rand_below(state, count - 1)
@@ -110,13 +111,20 @@ def _two_means_split(data, perm, start, end, state, p, q, normal):
         normal[z] = p[z] - q[z]
         norm += normal[z] * normal[z]
     if norm <= 0:
-        return np.float32(np.nan)
-    norm = np.sqrt(norm)
+        return np.float32(np.nan), np.float32(0.0)
+    top = np.float32(0.0)
+    for z in range(normal.shape[0]):
+        top = max(top, abs(normal[z]))
+    # 8-bit hyperplanes: a quarter of the memory a search walks through. The points are split
+    # by the rounded normal itself, so the search routes exactly as the build did.
+    scale = top / np.float32(127.0)
     offset = np.float32(0.0)
     for z in range(normal.shape[0]):
-        normal[z] /= norm
+        level = np.int8(np.rint(normal[z] / scale))
+        normal8[z] = level
+        normal[z] = np.float32(level) * scale
         offset -= normal[z] * (p[z] + q[z]) * np.float32(0.5)
-    return offset
+    return offset, scale
 
 
 @numba.njit(**_JIT)
@@ -140,22 +148,24 @@ def _partition(data, perm, start, end, normal, offset, state):
 
 
 @numba.njit(**_JIT)
-def _grow_nodes(hyperplanes, offsets, children):
+def _grow_nodes(hyperplanes, scales, offsets, children):
     cap = hyperplanes.shape[0] * 2
-    h = np.zeros((cap, hyperplanes.shape[1]), dtype=np.float32)
+    h = np.zeros((cap, hyperplanes.shape[1]), dtype=np.int8)
+    s = np.zeros(cap, dtype=np.float32)
     o = np.zeros(cap, dtype=np.float32)
     c = np.zeros((cap, 2), dtype=np.int32)
     h[: hyperplanes.shape[0]] = hyperplanes
+    s[: scales.shape[0]] = scales
     o[: offsets.shape[0]] = offsets
     c[: children.shape[0]] = children
-    return h, o, c
+    return h, s, o, c
 
 
 @numba.njit(**_JIT)
 def _build_tree(data, leaf_size, keep_dim, seed):
     """One tree over all rows of `data` (n, d) float32.
 
-    Returns hyperplanes (n_internal, keep_dim) float32, offsets (n_internal,) float32,
+    Returns hyperplanes (n_internal, keep_dim) int8, scales and offsets (n_internal,) float32,
     children (n_internal, 2) int32 node codes, perm (n,) int32 rows in leaf order,
     leaf_starts (n_leaves,) int64 positions in perm, and the root's node code.
     """
@@ -166,7 +176,8 @@ def _build_tree(data, leaf_size, keep_dim, seed):
         state[0] = np.uint64(1)
     perm = np.arange(n).astype(np.int32)
     cap = max(16, 4 * n // max(leaf_size, 1) + 16)
-    hyperplanes = np.zeros((cap, d), dtype=np.float32)
+    hyperplanes = np.zeros((cap, d), dtype=np.int8)
+    scales = np.zeros(cap, dtype=np.float32)
     offsets = np.zeros(cap, dtype=np.float32)
     children = np.zeros((cap, 2), dtype=np.int32)
     leaf_starts = np.empty(n, dtype=np.int64)
@@ -176,6 +187,7 @@ def _build_tree(data, leaf_size, keep_dim, seed):
     p = np.empty(d, dtype=np.float32)
     q = np.empty(d, dtype=np.float32)
     normal = np.empty(d, dtype=np.float32)
+    normal8 = np.empty(d, dtype=np.int8)
     # Explicit depth-first stack; the left child is taken first so leaves come out in the
     # order of their positions in perm.
     s_start = np.empty(n + 1, dtype=np.int64)
@@ -194,8 +206,9 @@ def _build_tree(data, leaf_size, keep_dim, seed):
         else:
             mid = start
             offset = np.float32(0.0)
+            scale = np.float32(0.0)
             for _ in range(_SPLIT_TRIES):
-                offset = _two_means_split(data, perm, start, end, state, p, q, normal)
+                offset, scale = _two_means_split(data, perm, start, end, state, p, q, normal, normal8)
                 if np.isnan(offset):
                     continue
                 mid = _partition(data, perm, start, end, normal, offset, state)
@@ -206,12 +219,16 @@ def _build_tree(data, leaf_size, keep_dim, seed):
             if np.isnan(offset) or max(left, 1.0 - left) > _MAX_IMBALANCE:
                 # Duplicates or a degenerate cloud: a blind half-half split. A zero
                 # hyperplane gives both sides the same priority at search time.
-                normal[:] = 0
+                normal8[:] = 0
+                scale = np.float32(0.0)
                 offset = np.float32(0.0)
                 mid = (start + end) // 2
             if n_internal == hyperplanes.shape[0]:
-                hyperplanes, offsets, children = _grow_nodes(hyperplanes, offsets, children)
-            hyperplanes[n_internal] = normal
+                hyperplanes, scales, offsets, children = _grow_nodes(
+                    hyperplanes, scales, offsets, children
+                )
+            hyperplanes[n_internal] = normal8
+            scales[n_internal] = scale
             offsets[n_internal] = offset
             code = np.int32(n_internal)
             n_internal += 1
@@ -224,6 +241,7 @@ def _build_tree(data, leaf_size, keep_dim, seed):
             children[parent, side] = code
     return (
         np.ascontiguousarray(hyperplanes[:n_internal, :keep_dim]),
+        scales[:n_internal].copy(),
         offsets[:n_internal].copy(),
         children[:n_internal].copy(),
         perm,
@@ -321,7 +339,7 @@ def _heap_offer(keys, codes, size, key, code):
 @numba.njit(**_JIT)
 def _search_one(
     query, tree_query, code_query, code_bias, search_k, data, codes, code_scale, is_l2,
-    hyperplanes, offsets, children, roots, leaf_offsets, indices,
+    hyperplanes, scales, offsets, children, roots, leaf_offsets, indices,
     visited, generation, pq_keys, pq_codes, cand_d, cand_i, best_d, best_i, batch,
 ):
     """Fill best_d[:found], best_i[:found] (a max-heap by exact distance, lower is better;
@@ -355,17 +373,16 @@ def _search_one(
             # Start fetching both children while this margin is computed: the walk down is a
             # chain of dependent loads otherwise.
             if left >= 0:
-                for z in range(0, dim, 16):
+                for z in range(0, dim, 64):
                     _prefetch(hyperplanes, left, z)
-                _prefetch(hyperplanes, left, dim - 1)
             if right >= 0:
-                for z in range(0, dim, 16):
+                for z in range(0, dim, 64):
                     _prefetch(hyperplanes, right, z)
-                _prefetch(hyperplanes, right, dim - 1)
             h = hyperplanes[code]
-            m = offsets[code]
+            m = np.float32(0.0)
             for z in range(dim):
-                m += h[z] * tree_query[z]
+                m += np.float32(h[z]) * tree_query[z]
+            m = m * scales[code] + offsets[code]
             if m > 0:
                 near = right
                 far = left
@@ -429,8 +446,8 @@ def _search_one(
 @numba.njit(**_JIT)
 def _search_batch(
     queries, k, rerank, search_k, data, codes, code_min, code_scale, ids, is_l2,
-    sphere_radius, max_leaf, hyperplanes, offsets, children, roots, leaf_offsets, indices,
-    visited, generation, pq_keys, pq_codes, out_ids, out_scores,
+    sphere_radius, max_leaf, hyperplanes, scales, offsets, children, roots, leaf_offsets,
+    indices, visited, generation, pq_keys, pq_codes, out_ids, out_scores,
 ):
     """Answer (nq, dim) queries into out_ids (nq, k) int64 and out_scores (nq, k) float32.
 
@@ -472,7 +489,7 @@ def _search_batch(
             generation[0] = np.uint32(1)
         found = _search_one(
             query, tree_query, code_query, code_bias, search_k, data, codes, code_scale, is_l2,
-            hyperplanes, offsets, children, roots, leaf_offsets, indices,
+            hyperplanes, scales, offsets, children, roots, leaf_offsets, indices,
             visited, generation[0], pq_keys, pq_codes, cand_d, cand_i, best_d, best_i, batch,
         )
         order = np.argsort(best_d[:found])
@@ -486,19 +503,28 @@ def _search_batch(
 
 
 def _encode(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """8-bit scalar codes of (n, dim) float32 rows: codes (n, dim) uint8 in rows padded to
-    whole 64-byte cache lines and aligned to them, per-dimension min and step (dim,) float32."""
+    """8-bit scalar codes of (n, dim) float32 rows: codes (n, >=dim) uint8 (`_cache_aligned`),
+    per-dimension min and step (dim,) float32; x ~ min + step * code."""
     n, dim = x.shape
     lo = x.min(axis=0) if n else np.zeros(dim, np.float32)
     hi = x.max(axis=0) if n else np.zeros(dim, np.float32)
     step = ((hi - lo) / 255).astype(np.float32)
     safe = np.where(step > 0, step, 1)
-    width = -(-dim // 64) * 64
-    buf = np.zeros(n * width + 64, dtype=np.uint8)
-    skip = -buf.ctypes.data % 64
-    codes = buf[skip : skip + n * width].reshape(n, width)
-    codes[:, :dim] = np.clip(np.rint((x - lo) / safe), 0, 255).astype(np.uint8)
+    codes = _cache_aligned(np.clip(np.rint((x - lo) / safe), 0, 255).astype(np.uint8))
     return codes, lo.astype(np.float32), step
+
+
+def _cache_aligned(rows: np.ndarray) -> np.ndarray:
+    """A copy of the 1-byte (n, d) `rows` whose rows start on 64-byte cache lines: rows
+    zero-padded to whole lines, the buffer aligned. A row of up to 64 bytes is then one
+    memory fetch. Already padded rows keep their width."""
+    n, d = rows.shape
+    width = -(-d // 64) * 64
+    buf = np.zeros(n * width + 64, dtype=rows.dtype)
+    skip = -buf.ctypes.data % 64
+    out = buf[skip : skip + n * width].reshape(n, width)
+    out[:, :d] = rows
+    return out
 
 
 # ------------------------------------------------------------------------------ class
@@ -592,22 +618,25 @@ class ForestIndex(Index):
             radius = np.float32(np.sqrt(sq.max())) if sq.max() > 0 else np.float32(1.0)
             extra = np.sqrt(np.maximum(float(radius) ** 2 - sq, 0.0)).astype(np.float32)
             data = np.ascontiguousarray(np.hstack([x, extra[:, None]]))
-        parts = [_build_tree(data, leaf_size, self.dim, seed * 7919 + t) for t in range(n_trees)]
+        trees = [_build_tree(data, leaf_size, self.dim, seed * 7919 + t) for t in range(n_trees)]
+        planes, scales, offsets, children, perms, leaf_starts, roots = zip(*trees)
         n = x.shape[0]
-        internal_base = np.cumsum([0] + [p[0].shape[0] for p in parts])
-        leaf_base = np.cumsum([0] + [p[4].shape[0] for p in parts])
+        # Node codes are per tree; shift them into the forest's numbering.
+        internal_base = np.cumsum([0] + [c.shape[0] for c in children])
+        leaf_base = np.cumsum([0] + [s.shape[0] for s in leaf_starts])
 
         def shift(codes: np.ndarray, t: int) -> np.ndarray:
             return np.where(codes >= 0, codes + internal_base[t], codes - leaf_base[t]).astype(np.int32)
 
         return {
-            "hyperplanes": np.ascontiguousarray(np.concatenate([p[0] for p in parts])),
-            "offsets": np.concatenate([p[1] for p in parts]),
-            "children": np.ascontiguousarray(np.concatenate([shift(p[2], t) for t, p in enumerate(parts)])),
-            "roots": np.array([shift(np.array([p[5]]), t)[0] for t, p in enumerate(parts)], dtype=np.int32),
-            "indices": np.concatenate([p[3] for p in parts]),
+            "hyperplanes": np.concatenate(planes),
+            "scales": np.concatenate(scales),
+            "offsets": np.concatenate(offsets),
+            "children": np.concatenate([shift(c, t) for t, c in enumerate(children)]),
+            "roots": np.concatenate([shift(np.array([r]), t) for t, r in enumerate(roots)]),
+            "indices": np.concatenate(perms),
             "leaf_offsets": np.concatenate(
-                [p[4] + t * n for t, p in enumerate(parts)] + [np.array([n_trees * n])]
+                [s + t * n for t, s in enumerate(leaf_starts)] + [np.array([n_trees * n])]
             ).astype(np.int64),
             "sphere_radius": np.array([radius], dtype=np.float32),
         }
@@ -632,7 +661,7 @@ class ForestIndex(Index):
     def _search(self, q: np.ndarray, k: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         version, args = self._ensure_built()
         search_k = params["search_k"] or self.default_search_k(k)
-        scratch = self._scratch(version, args[0].shape[0], args[10].shape[0])
+        scratch = self._scratch(version, args[0].shape[0], args[11].shape[0])
         out_ids = np.empty((q.shape[0], k), dtype=np.int64)
         out_scores = np.empty((q.shape[0], k), dtype=np.float32)
         _search_batch(q, k, _RERANK_PER_K * k, search_k, *args, *scratch, out_ids, out_scores)
@@ -652,7 +681,7 @@ class ForestIndex(Index):
         if self._vectors.shape[0]:
             self._forest = {
                 name: np.ascontiguousarray(arrays[name])
-                for name in ("hyperplanes", "offsets", "children", "roots", "indices",
+                for name in ("hyperplanes", "scales", "offsets", "children", "roots", "indices",
                              "leaf_offsets", "sphere_radius")
             }
         else:
@@ -671,10 +700,12 @@ class ForestIndex(Index):
         # 8-bit codes rank the candidates (one cache line per row at dim <= 64, a quarter of
         # the float32 row); they are derived, not saved.
         self._codes = _encode(self._vectors)
+        forest["hyperplanes"] = _cache_aligned(forest["hyperplanes"])
         args = (
             self._vectors, *self._codes, self._ids, self.space == "l2",
             forest["sphere_radius"][0], int(np.diff(forest["leaf_offsets"]).max()),
-            forest["hyperplanes"], forest["offsets"], forest["children"], forest["roots"],
+            forest["hyperplanes"], forest["scales"], forest["offsets"], forest["children"],
+            forest["roots"],
             forest["leaf_offsets"], forest["indices"],
         )
         self._snapshot = (self._version, args)

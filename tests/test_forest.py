@@ -106,7 +106,8 @@ def test_flat_arrays_are_consistent(glove, metric, leaf_size):
             rows = indices[offsets[leaf] : offsets[leaf + 1]]
             # and on the side of every hyperplane on its path that the path says
             for node, side in path:
-                margins = vectors[rows] @ state["hyperplanes"][node] + state["offsets"][node]
+                plane = state["hyperplanes"][node, : base.shape[1]].astype(np.float32)
+                margins = (vectors[rows] @ plane) * state["scales"][node] + state["offsets"][node]
                 if side == 1:
                     assert np.all(margins >= -1e-5)
                 else:
