@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from indexes import Index, create_index, index_class
 
@@ -104,8 +105,11 @@ def _payload_json(pos: int, payload: Any) -> str | None:
     if not isinstance(payload, dict):
         raise ValueError(f"payload at position {pos}: expected an object or null, got {type(payload).__name__}")
     try:
-        return json.dumps(payload, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
+        # orjson: ~10x faster than json.dumps, which was a quarter of an upsert's time. JSON has
+        # no NaN: a non-finite float in a payload is stored as null (the HTTP parser rejects
+        # them before they get here).
+        return orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError as exc:
         raise ValueError(f"payload at position {pos}: not representable as JSON ({exc})") from None
 
 

@@ -14,7 +14,6 @@ consistent snapshot however long it lasts (the rebuild and exact search rely on 
 
 from __future__ import annotations
 
-import json
 import queue
 import sqlite3
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -145,7 +145,7 @@ class ShardStore:
         if row is None:
             return None
         vector = np.frombuffer(row[0], dtype=LITTLE_F32).astype(np.float32)
-        return vector, (json.loads(row[1]) if row[1] is not None else None)
+        return vector, (orjson.loads(row[1]) if row[1] is not None else None)
 
     @contextmanager
     def snapshot(self) -> Iterator[Snapshot]:
