@@ -125,6 +125,15 @@ class Counts:
     tombstones: int  # dead labels still inside main, filtered out of its answers
 
 
+class _PendingWrite:
+    """One caller's upsert, waiting for a group commit."""
+
+    def __init__(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[str | None]) -> None:
+        self.ids, self.vectors, self.payloads = ids, vectors, payloads
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
 @dataclass
 class NewMain:
     """A main index built off the request path, waiting to be installed."""
@@ -165,6 +174,8 @@ class Shard:
         # _write_lock orders writers (store commit + memory update as one step, in label order);
         # _state guards what searches read (main, fresh, the maps) and is held only briefly.
         self._write_lock = threading.Lock()
+        self._pending_lock = threading.Lock()  # guards _pending, the writes waiting to commit
+        self._pending: list[_PendingWrite] = []
         self._state = ReadWriteLock()
         self.main: Index | None = None
         self.main_max = 0
@@ -217,9 +228,39 @@ class Shard:
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[str | None]) -> None:
         """Durably write n items (distinct ids, (n, dim) float32 checked by the caller, JSON
-        payload texts), then make them searchable in fresh."""
-        n = len(ids)
+        payload texts), then make them searchable in fresh.
+
+        Group commit: the fsync of a commit dominates a small write, so writes that queue up
+        while one commits go out together in the next transaction (one fsync for all of them),
+        in arrival order. Each caller returns only once its own items are durable."""
+        mine = _PendingWrite(ids, vectors, payloads)
+        with self._pending_lock:
+            self._pending.append(mine)
         with self._write_lock:
+            if not mine.done.is_set():  # nobody took it yet: lead a group with all that waits
+                with self._pending_lock:
+                    group, self._pending = self._pending, []
+                self._write_group(group)
+        mine.done.wait()
+        if mine.error is not None:
+            raise mine.error
+
+    def _write_group(self, group: list[_PendingWrite]) -> None:
+        """Commit the writes of `group` as one transaction, then apply them to memory (the
+        caller holds the write lock). A failed commit fails every write of the group."""
+        try:
+            if len(group) == 1:
+                ids, vectors, payloads = group[0].ids, group[0].vectors, group[0].payloads
+            else:
+                last: dict[str, tuple[int, int]] = {}  # an id in two writes: the later one wins
+                for w, write in enumerate(group):
+                    for pos, item_id in enumerate(write.ids):
+                        last.pop(item_id, None)
+                        last[item_id] = (w, pos)
+                ids = list(last)
+                vectors = np.stack([group[w].vectors[pos] for w, pos in last.values()])
+                payloads = [group[w].payloads[pos] for w, pos in last.values()]
+            n = len(ids)
             labels = np.arange(self._next_label, self._next_label + n, dtype=np.int64)
             self.store.upsert(labels, ids, vectors, payloads)
             self._next_label += n
@@ -230,6 +271,13 @@ class Shard:
                 self._fresh_labels.update(label_list)
                 self._id_of.update(zip(label_list, ids))
                 self._label_of.update(zip(ids, label_list))
+        except BaseException as exc:
+            for write in group:
+                write.error = exc
+            raise
+        finally:
+            for write in group:
+                write.done.set()
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete these ids; returns how many existed."""

@@ -142,6 +142,34 @@ def test_deletes_and_replacements_are_never_returned(manager, glove):
     assert c.get("g2")[1] == {"row": 2}
 
 
+def test_concurrent_upserts_of_the_same_ids_stay_consistent(manager, glove):
+    c = manager.create("racing", glove.dim, "cosine", "flat", {})
+    errors: list[BaseException] = []
+
+    def writer(t: int) -> None:
+        try:
+            for i in range(30):  # ids 0..99 written by every thread, each with its own rows
+                rows = [(t * 1000 + i * 10 + j) % 10_000 for j in range(10)]
+                c.upsert([f"x{(i * 10 + j) % 100}" for j in range(10)], glove.base[rows], [{"t": t}] * 10)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    shard = c._shards[0]
+    assert c.info()["count"] == 100 == len(shard.fresh) == len(shard._fresh_labels)
+    # Memory (fresh) and the store agree on every id's final vector.
+    for n in range(100):
+        vector, _ = c.get(f"x{n}")
+        top_id, score = c.search(vector, 1)[0][0]
+        assert top_id == f"x{n}" or score == pytest.approx(1.0, abs=1e-6)
+        assert shard._id_of[shard._label_of[f"x{n}"]] == f"x{n}"
+
+
 def test_rebuild_drains_fresh_exactly_while_writes_and_searches_go_on(manager, glove):
     c = manager.create("busy", glove.dim, "cosine", "hnswlib", {})
     fill(c, glove.base, range(4000))
