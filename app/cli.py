@@ -25,8 +25,10 @@ def serve(
 
 def _register_bench() -> None:
     from .bench import bench
+    from .bench_http import bench_http
 
     cli.command(name="bench")(bench)
+    cli.command(name="bench-http")(bench_http)
 
 
 _register_bench()

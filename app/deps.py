@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
+from starlette.datastructures import State
 
 from .collection import Collection
 from .manager import CollectionManager
@@ -20,10 +21,7 @@ async def get_settings(request: Request) -> Settings:
 
 
 async def get_manager(request: Request) -> CollectionManager:
-    manager = request.app.state.manager
-    if manager is None or not manager.is_ready:
-        raise HTTPException(503, detail=request.app.state.not_ready_reason())
-    return manager
+    return ready_manager(request.app.state)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -33,6 +31,20 @@ CollectionName = Annotated[str, Path(description="collection name")]
 
 async def get_collection(name: CollectionName, manager: ManagerDep) -> Collection:
     return manager.get(name)  # NotFound -> 404
+
+
+def path_collection(request: Request) -> Collection:
+    """The hot routes' `CollectionDep` without FastAPI's dependency solving, which measured
+    about 0.2 ms of CPU per request (a third of a search's whole cost over HTTP)."""
+    return ready_manager(request.app.state).get(request.path_params["name"])
+
+
+def ready_manager(state: State) -> CollectionManager:
+    """The app's manager (`app.state`), or 503 while it is still loading the collections."""
+    manager = state.manager
+    if manager is None or not manager.is_ready:
+        raise HTTPException(503, detail=state.not_ready_reason())
+    return manager
 
 
 CollectionDep = Annotated[Collection, Depends(get_collection)]

@@ -17,7 +17,10 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .api import api_router
+from .api.batching import SearchBatcher
 from .api.body_limit import BodyLimitMiddleware
+from .api.errors import client_error
+from .api.hot_path import HotPathMiddleware
 from .api.metrics import MetricsMiddleware, ServiceMetrics
 from .api.raw_body import RAW_BODY_MODELS
 from .errors import Conflict, NotFound
@@ -28,14 +31,16 @@ from .settings import Settings
 log = logging.getLogger("annserve")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The service for `settings` (read from ANNSERVE_* when not given)."""
+def create_app(settings: Settings | None = None, hot_path: bool = True) -> FastAPI:
+    """The service for `settings` (read from ANNSERVE_* when not given). `hot_path=False`
+    leaves the searches to the router (same answers, more overhead; for tests)."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         manager = CollectionManager(settings)
         app.state.manager = manager
+        app.state.batcher = SearchBatcher(max_rows=settings.max_batch)
         # Opening loads every collection (indexes from disk, fresh items from the store), which
         # can take a while: do it in the background so /healthz answers at once and /readyz
         # says 503 until the manager is ready.
@@ -44,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            app.state.batcher.close()
             opener.join()
             if app.state.open_error is None:
                 manager.close()
@@ -54,6 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=_version(),
         summary="Vector search: FAISS, hnswlib and in-house indexes behind one HTTP API",
         lifespan=lifespan,
+        # Prometheus is exported by us (api/metrics.py); FastAPI's native OpenTelemetry would
+        # look up the global providers on every request for nothing.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.manager = None
@@ -63,7 +72,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router)
     _add_error_handlers(app)
     # Pure ASGI middleware (no BaseHTTPMiddleware: it would cost a task per request).
-    # The last added runs first: metrics see every request, 413s included.
+    # The last added runs first: metrics see every request, 413s included; the hot path sits
+    # inside the body limit.
+    if hot_path:
+        app.add_middleware(HotPathMiddleware, state=app.state)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.openapi = lambda: _openapi(app)
@@ -100,28 +112,17 @@ def _live_collections(app: FastAPI) -> list:
 def _add_error_handlers(app: FastAPI) -> None:
     """Every error is `{"detail": "<what is wrong>"}`: engine errors map to 4xx by type."""
 
-    def handler(status: int):
-        async def handle(request: Request, exc: Exception) -> JSONResponse:
-            return JSONResponse({"detail": str(exc) or type(exc).__name__}, status_code=status)
-
-        return handle
-
-    app.add_exception_handler(ValueError, handler(422))
-    app.add_exception_handler(NotFound, handler(404))
-    app.add_exception_handler(Conflict, handler(409))
+    async def client_or_bug(request: Request, exc: Exception) -> JSONResponse:
+        mapped = client_error(exc)
+        if mapped is None:
+            # A 5xx is always a bug: log it whole, answer in the contract's shape.
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            mapped = 500, f"internal error: {type(exc).__name__}: {exc}"
+        headers = getattr(exc, "headers", None)
+        return JSONResponse({"detail": mapped[1]}, status_code=mapped[0], headers=headers)
 
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": describe_validation_errors(exc.errors())}, status_code=422)
-
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"detail": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
-        )
-
-    async def bug(request: Request, exc: Exception) -> JSONResponse:
-        # A 5xx is always a bug: log it whole, answer in the contract's shape.
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
     async def body_validation_error(request: Request, exc: ValidationError) -> JSONResponse:
         # From JsonBody: the same shape and wording as FastAPI's own request validation.
@@ -130,8 +131,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ValidationError, body_validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, bug)
+    for kind in (StarletteHTTPException, NotFound, Conflict, ValueError, Exception):
+        app.add_exception_handler(kind, client_or_bug)
 
 
 def describe_validation_errors(errors: list[dict]) -> str:

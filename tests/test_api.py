@@ -378,3 +378,31 @@ def test_rebuild_job_and_conflict(client, glove):
     error(client.get("/jobs/no-such-job"), 404, "no-such-job")
     error(client.post("/collections/nope/rebuild"), 404, "nope")
     error(client.post("/collections/r/rebuild", json={"force": True}), 422, "force")
+
+
+def test_hot_path_and_router_answer_alike(tmp_path, glove):
+    """The searches are answered from ASGI ahead of the router; the router's routes must agree."""
+    bodies = [
+        ("/collections/g/search", {"vector": glove.queries[0].tolist(), "k": 5}),
+        ("/collections/g/search", {"id": "v3", "k": 3, "exact": True}),
+        ("/collections/g/search/batch", {"vectors_b64": b64(glove.queries[:2]), "k": 2}),
+        ("/collections/g/search", {"vector": [1.0] * 49}),
+        ("/collections/g/search", {"vector": [1.0] * 50, "k": 0}),
+        ("/collections/g/search", {"id": "nope"}),
+        ("/collections/nope/search", {"vector": [1.0] * 50}),
+        ("/collections/g/search/batch", {"vectors": [[1.0] * 50] * 9}),
+    ]
+    answers = []
+    for hot_path in (True, False):
+        settings = Settings(data_dir=tmp_path / f"d{hot_path}", max_batch=8)
+        with TestClient(create_app(settings, hot_path=hot_path), raise_server_exceptions=False) as client:
+            while client.get("/readyz").status_code != 200:
+                time.sleep(0.02)
+            create(client, "g")
+            upsert(client, "g", glove.base[:200])
+            answers.append([(r.status_code, r.json()) for r in (client.post(p, json=b) for p, b in bodies)])
+            metrics = client.get("/metrics").text
+            assert 'route="/collections/{name}/search",status="200"' in metrics
+            assert 'route="/collections/{name}/search",status="422"' in metrics
+    assert answers[0] == answers[1]
+    assert [status for status, _ in answers[0]] == [200, 200, 200, 422, 422, 404, 404, 422]

@@ -5,9 +5,10 @@ from fastapi import APIRouter
 from . import collections, health, jobs, search, vectors
 
 api_router = APIRouter()
-api_router.include_router(collections.router)
-api_router.include_router(vectors.router)
+# Routes are matched in order: the hot ones first.
 api_router.include_router(search.router)
+api_router.include_router(vectors.router)
+api_router.include_router(collections.router)
 api_router.include_router(jobs.router)
 api_router.include_router(health.router)
 

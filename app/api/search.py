@@ -1,15 +1,21 @@
 """Search: one query (by vector or by a stored item's id) or a batch of queries.
 
 The hot path of the service. The raw body is parsed by orjson into one float32 array (see
-`parsing.py`), the engine is called, and orjson writes the answer: no pydantic per request.
+`parsing.py`), the query joins the micro-batcher (`batching.py`), and orjson writes the answer:
+no pydantic and no dependency injection per request. `hot_path.HotPathMiddleware` calls
+`answer_search` / `answer_batch` straight from ASGI; the routes below are the same code reached
+through the router, and document the API.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
+from starlette.datastructures import State
 
-from ..deps import CollectionDep, SettingsDep
+from ..deps import path_collection, ready_manager
 from ..schemas import BatchSearchRequest, BatchSearchResponse, SearchRequest, SearchResponse, error_responses
 from .parsing import (
     dumps,
@@ -35,10 +41,28 @@ _BATCH_FIELDS = frozenset(BatchSearchRequest.model_fields)
     responses=error_responses(404, 413, 422),
     openapi_extra=raw_body(SearchRequest),
 )
-async def search(request: Request, collection: CollectionDep, settings: SettingsDep):
+async def search(request: Request):
     """The k nearest items to a vector, or to a stored item (which is left out of its own results)."""
-    body = load_object(await request.body(), _SEARCH_FIELDS)
-    k, params, exact = get_k(body, settings.max_k), get_params(body), get_bool(body, "exact")
+    collection = path_collection(request)
+    return dumps(await answer_search(request.app.state, collection, await request.body()))
+
+
+@router.post(
+    "/search/batch",
+    response_model=BatchSearchResponse,
+    responses=error_responses(404, 413, 422),
+    openapi_extra=raw_body(BatchSearchRequest),
+)
+async def search_batch(request: Request):
+    """The k nearest items to each of many vectors, answered in one engine call."""
+    collection = path_collection(request)
+    return dumps(await answer_batch(request.app.state, collection, await request.body()))
+
+
+async def answer_search(state: State, collection: Any, raw: bytes) -> dict:
+    """The `/search` answer for the raw body; ValueError / NotFound for the client's mistakes."""
+    body = load_object(raw, _SEARCH_FIELDS)
+    k, params, exact = get_k(body, state.settings.max_k), get_params(body), get_bool(body, "exact")
     given = [name for name in ("vector", "vector_b64", "id") if name in body]
     if len(given) != 1:
         raise ValueError(f"request body: expected exactly one of vector, vector_b64, id; got {given or 'none'}")
@@ -54,19 +78,14 @@ async def search(request: Request, collection: CollectionDep, settings: Settings
         vector, _ = await run_in_threadpool(collection.get, item_id)  # NotFound -> 404
         query = vector.reshape(1, -1)
         exclude = [item_id]
-    hits = await _search(collection, query, k, params, exact, exclude)
-    return dumps({"results": [{"id": i, "score": s} for i, s in hits[0]]})
+    hits = await state.batcher.search(collection, query, k, params, exact, exclude)
+    return {"results": [{"id": i, "score": s} for i, s in hits[0]]}
 
 
-@router.post(
-    "/search/batch",
-    response_model=BatchSearchResponse,
-    responses=error_responses(404, 413, 422),
-    openapi_extra=raw_body(BatchSearchRequest),
-)
-async def search_batch(request: Request, collection: CollectionDep, settings: SettingsDep):
-    """The k nearest items to each of many vectors, answered in one engine call."""
-    body = load_object(await request.body(), _BATCH_FIELDS)
+async def answer_batch(state: State, collection: Any, raw: bytes) -> dict:
+    """The `/search/batch` answer for the raw body."""
+    settings = state.settings
+    body = load_object(raw, _BATCH_FIELDS)
     k, params, exact = get_k(body, settings.max_k), get_params(body), get_bool(body, "exact")
     if ("vectors" in body) == ("vectors_b64" in body):
         raise ValueError("request body: expected exactly one of vectors, vectors_b64")
@@ -79,12 +98,8 @@ async def search_batch(request: Request, collection: CollectionDep, settings: Se
         queries = vectors_from_b64(body["vectors_b64"], collection.dim, "vectors_b64", rows=None)
         if len(queries) > settings.max_batch:
             raise _too_many(len(queries), settings.max_batch)
-    hits = await _search(collection, queries, k, params, exact, None)
-    return dumps({"results": [[{"id": i, "score": s} for i, s in row] for row in hits]})
-
-
-async def _search(collection, queries, k, params, exact, exclude):
-    return collection.search(queries, k, params, exact=exact, exclude=exclude)
+    hits = await state.batcher.search(collection, queries, k, params, exact, None)
+    return {"results": [[{"id": i, "score": s} for i, s in row] for row in hits]}
 
 
 def _too_many(n: int, cap: int) -> ValueError:

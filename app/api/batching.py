@@ -1,0 +1,114 @@
+"""Micro-batching of concurrent searches: the queries that arrive while an engine call runs
+are answered together by the next engine call.
+
+Why: a search's own work is a fraction of a millisecond, but each engine call also pays a
+thread hand-off and Python overhead per call, and the index libraries answer a batch of queries
+for much less than the sum of single ones. An engine call never waits for company: when none is
+running the query goes at once (no added latency for a lone client); under load each call
+takes everything queued meanwhile. The engine runs off the event loop, so the loop keeps
+parsing requests while a call is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+Hits = list[tuple[str, float]]
+
+
+@dataclass(eq=False)
+class _Request:
+    collection: Any
+    queries: np.ndarray  # (m, dim) float32
+    k: int
+    params: dict | None
+    exact: bool
+    exclude: list[str | None] | None
+    future: asyncio.Future = field(repr=False)
+
+    def group(self) -> tuple:
+        params = orjson.dumps(self.params, option=orjson.OPT_SORT_KEYS) if self.params else b""
+        return (id(self.collection), self.k, params, self.exact)
+
+
+class SearchBatcher:
+    """One per app. `search()` is called from the event loop only."""
+
+    def __init__(self, max_rows: int, max_in_flight: int = 1) -> None:
+        self.max_rows = max_rows  # queries per engine call (the batch cap of the API)
+        self.max_in_flight = max_in_flight
+        self._queue: deque[_Request] = deque()
+        self._in_flight = 0
+        self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="annserve-batch")
+
+    async def search(
+        self, collection: Any, queries: np.ndarray, k: int, params: dict | None, exact: bool,
+        exclude: list[str | None] | None,
+    ) -> list[Hits]:
+        """Like `collection.search(...)`, answered in an engine call shared with concurrent requests."""
+        loop = asyncio.get_running_loop()
+        request = _Request(collection, queries, k, params, exact, exclude, loop.create_future())
+        self._queue.append(request)
+        if self._in_flight < self.max_in_flight:
+            self._in_flight += 1
+            loop.create_task(self._drain(loop))
+        return await request.future
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            while self._queue:
+                batch, rows = [], 0
+                while self._queue and (not batch or rows + len(self._queue[0].queries) <= self.max_rows):
+                    request = self._queue.popleft()
+                    batch.append(request)
+                    rows += len(request.queries)
+                outcomes = await loop.run_in_executor(self._pool, _run, batch)
+                for request, (result, error) in zip(batch, outcomes):
+                    if request.future.done():  # the client went away
+                        continue
+                    if error is not None:
+                        request.future.set_exception(error)
+                    else:
+                        request.future.set_result(result)
+        finally:
+            self._in_flight -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _run(batch: list[_Request]) -> list[tuple[list[Hits] | None, BaseException | None]]:
+    """In a pool thread: one engine call per group of requests that share collection, k, params
+    and exactness; each request gets its own rows back, or the error of its group's call."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for position, request in enumerate(batch):
+        groups[request.group()].append(position)
+    outcomes: list[tuple[list[Hits] | None, BaseException | None]] = [(None, None)] * len(batch)
+    for positions in groups.values():
+        members = [batch[p] for p in positions]
+        first = members[0]
+        if len(members) == 1:
+            queries, exclude = first.queries, first.exclude
+        else:
+            queries = np.concatenate([m.queries for m in members])
+            exclude = [e for m in members for e in (m.exclude or [None] * len(m.queries))]
+            if not any(exclude):
+                exclude = None
+        try:
+            hits = first.collection.search(queries, first.k, first.params, exact=first.exact, exclude=exclude)
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting requests, mapped to 4xx there
+            for p in positions:
+                outcomes[p] = (None, exc)
+            continue
+        start = 0
+        for p, member in zip(positions, members):
+            outcomes[p] = (hits[start : start + len(member.queries)], None)
+            start += len(member.queries)
+    return outcomes

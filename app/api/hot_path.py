@@ -1,0 +1,90 @@
+"""The search routes answered straight from ASGI, ahead of the router.
+
+FastAPI's routing, exception middleware and request objects cost about 0.1 ms of CPU per
+request, a sixth of a whole search over HTTP on this service (measured under 16 connections).
+`POST /collections/{name}/search` and `/search/batch` are matched here by string tests and
+answered by the very functions the routes call (`search.answer_search`, `answer_batch`), with
+the same error mapping (`errors.client_error`); everything else passes through. The router's
+routes stay: they document the API and answer when this middleware is left out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
+
+import orjson
+from starlette.datastructures import State
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..deps import ready_manager
+from .errors import client_error
+from .search import answer_batch, answer_search
+
+log = logging.getLogger("annserve")
+_PREFIX = "/collections/"
+_CONTENT_TYPE = (b"content-type", b"application/json")
+
+
+class _Route(NamedTuple):
+    path: str
+
+
+_ROUTES = {suffix: _Route("/collections/{name}" + suffix) for suffix in ("/search", "/search/batch")}
+
+
+class _Disconnected(Exception):
+    pass
+
+Answer = Callable[[State, Any, bytes], Awaitable[dict]]
+
+
+class HotPathMiddleware:
+    def __init__(self, app: ASGIApp, state: State) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            if path.startswith(_PREFIX):
+                if path.endswith("/search"):
+                    name, suffix, answer = path[len(_PREFIX) : -len("/search")], "/search", answer_search
+                elif path.endswith("/search/batch"):
+                    name, suffix, answer = path[len(_PREFIX) : -len("/search/batch")], "/search/batch", answer_batch
+                else:
+                    name = ""
+                if name and "/" not in name:
+                    scope["route"] = _ROUTES[suffix]  # metrics label by the route template
+                    await self._answer(answer, name, scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, answer: Answer, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            collection = ready_manager(self.state).get(name)
+            status, content = 200, await answer(self.state, collection, await _read_body(receive))
+        except _Disconnected:
+            return
+        except Exception as exc:  # noqa: BLE001 - every error is answered, as the app's handlers do
+            mapped = client_error(exc)
+            if mapped is None:
+                log.exception("unhandled error on POST %s", scope["path"])
+                mapped = 500, f"internal error: {type(exc).__name__}: {exc}"
+            status, content = mapped[0], {"detail": mapped[1]}
+        body = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        headers = [_CONTENT_TYPE, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
