@@ -185,6 +185,17 @@ def test_upsert_get_replace_delete(client, glove):
     np.testing.assert_allclose(got["vector"], glove.base[100], rtol=1e-6)
     assert client.get("/collections/v").json()["count"] == 20
 
+    # One batch may mix JSON lists and base64.
+    mixed = [
+        {"id": "m0", "vector_b64": b64(glove.base[200])},
+        {"id": "m1", "vector": glove.base[201].tolist()},
+        {"id": "m2", "vector_b64": b64(glove.base[202])},
+    ]
+    assert client.post("/collections/v/vectors", json={"items": mixed}).json() == {"upserted": 3}
+    for i, row in enumerate(glove.base[200:203]):
+        np.testing.assert_allclose(client.get(f"/collections/v/vectors/m{i}").json()["vector"], row, rtol=1e-6)
+    client.post("/collections/v/vectors/delete", json={"ids": ["m0", "m1", "m2"]})
+
     # Ids with slashes and spaces round-trip through the path.
     odd = {"id": "a/b c", "vector": glove.base[0].tolist()}
     client.post("/collections/v/vectors", json={"items": [odd]})
@@ -212,7 +223,8 @@ def test_upsert_get_replace_delete(client, glove):
         ([{"id": "a", "vector": [[0.5]] * 50}], ["nested"]),
         ([{"id": "a", "vector": []}], ["expected 50", "got 0"]),
         ([{"id": "a"}], ["exactly one of vector, vector_b64"]),
-        ([{"id": "a", "vector": [0.5] * 50, "vector_b64": "AAAA"}], ["exactly one"]),
+        ([{"id": "a", "vector": [0.5] * 50, "vector_b64": "AAAA"}], ["exactly one", "both"]),
+        ([{"id": "a", "vector": [0.5] * 50}, {"id": "b", "vector_b64": b64(np.full(50, np.nan))}], ["finite"]),
         ([{"id": "a", "vector_b64": base64.b64encode(b"\0" * 196).decode()}], ["200 bytes", "got 196"]),
         ([{"id": "a", "vector_b64": "not base64!"}], ["base64"]),
         ([{"id": 7, "vector": [0.5] * 50}], ["items[0].id", "7"]),

@@ -76,7 +76,7 @@ def vector_from_list(value: Any, dim: int, what: str = "vector") -> np.ndarray:
         raise ValueError(f"{what}: expected a list of {dim} numbers, got {_kind(value)}")
     if len(value) != dim:
         raise ValueError(f"{what}: expected {dim} numbers (the collection's dim), got {len(value)}")
-    return _finite(_numbers(value, what, 1), what)
+    return check_finite(_numbers(value, what, 1), what)
 
 
 def vectors_from_lists(value: Any, dim: int, what: str = "vectors") -> np.ndarray:
@@ -89,7 +89,7 @@ def vectors_from_lists(value: Any, dim: int, what: str = "vectors") -> np.ndarra
             raise ValueError(f"{what}[{i}]: expected a list of {dim} numbers, got {_kind(row)}")
         if len(row) != dim:
             raise ValueError(f"{what}[{i}]: expected {dim} numbers (the collection's dim), got {len(row)}")
-    return _finite(_numbers(value, what, 2), what)
+    return check_finite(_numbers(value, what, 2), what)
 
 
 def vectors_from_b64(value: Any, dim: int, what: str = "vector_b64", rows: int | None = 1) -> np.ndarray:
@@ -97,6 +97,11 @@ def vectors_from_b64(value: Any, dim: int, what: str = "vector_b64", rows: int |
 
     `rows=1` demands exactly one vector; `rows=None` accepts any positive whole number of rows.
     """
+    return vectors_from_bytes(decode_b64(value, dim, what, rows), dim, what)
+
+
+def decode_b64(value: Any, dim: int, what: str, rows: int | None = 1) -> bytes:
+    """The bytes of a base64 string holding `rows` (None: any number of) float32 vectors."""
     if not isinstance(value, str):
         raise ValueError(f"{what}: expected a base64 string, got {_kind(value)}")
     try:
@@ -113,8 +118,13 @@ def vectors_from_b64(value: Any, dim: int, what: str = "vector_b64", rows: int |
             f"{what}: expected a positive multiple of {row_bytes} bytes ({dim} float32 per vector), "
             f"got {len(raw)} bytes"
         )
+    return raw
+
+
+def vectors_from_bytes(raw: bytes, dim: int, what: str) -> np.ndarray:
+    """Little-endian float32 bytes -> (n, dim) float32, finite."""
     arr = np.frombuffer(raw, dtype=_F32_LE).reshape(-1, dim).astype(np.float32, copy=False)
-    return _finite(arr, what)
+    return check_finite(arr, what)
 
 
 def _numbers(value: list, what: str, ndim: int) -> np.ndarray:
@@ -132,7 +142,7 @@ def _numbers(value: list, what: str, ndim: int) -> np.ndarray:
         return arr.astype(np.float32, copy=False)
 
 
-def _finite(arr: np.ndarray, what: str) -> np.ndarray:
+def check_finite(arr: np.ndarray, what: str) -> np.ndarray:
     if not np.isfinite(arr).all():
         bad = ~np.isfinite(arr)
         where = np.argwhere(bad)[0].tolist()

@@ -19,7 +19,7 @@ from ..schemas import (
     VectorRecord,
     error_responses,
 )
-from .parsing import dumps, load_object, vector_from_list, vectors_from_b64, vectors_from_lists
+from .parsing import decode_b64, dumps, load_object, vector_from_list, vectors_from_bytes, vectors_from_lists
 from .raw_body import JsonBody, raw_body
 
 router = APIRouter(prefix="/collections/{name}/vectors", tags=["vectors"])
@@ -54,8 +54,11 @@ def parse_items(items, dim: int, max_items: int) -> tuple[list[str], np.ndarray,
         )
     ids: list[str] = []
     payloads: list[dict | None] = []
-    rows: list = []
-    b64_rows: dict[int, np.ndarray] = {}
+    # Rows given as JSON lists and as base64, by position; each kind is converted in one go.
+    list_at: list[int] = []
+    list_rows: list[list] = []
+    b64_at: list[int] = []
+    b64_rows: list[bytes] = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise ValueError(f"items[{i}]: expected an object with id, vector and payload")
@@ -70,23 +73,29 @@ def parse_items(items, dim: int, max_items: int) -> tuple[list[str], np.ndarray,
         payload = item.get("payload")
         if payload is not None and not isinstance(payload, dict):
             raise ValueError(f"items[{i}].payload: expected an object or null, got {type(payload).__name__}")
-        has_list, has_b64 = "vector" in item, "vector_b64" in item
-        if has_list == has_b64:
-            raise ValueError(f"items[{i}]: expected exactly one of vector, vector_b64")
-        if has_list:
+        if "vector" in item:
+            if "vector_b64" in item:
+                raise ValueError(f"items[{i}]: expected exactly one of vector, vector_b64; got both")
             row = item["vector"]
             if not isinstance(row, list) or len(row) != dim:
-                vector_from_list(row, dim, f"items[{i}].vector")  # raises with the numbers
-            rows.append(row)
+                vector_from_list(row, dim, f"items[{i}].vector")  # raises, with the numbers
+            list_at.append(i)
+            list_rows.append(row)
+        elif "vector_b64" in item:
+            b64_at.append(i)
+            b64_rows.append(decode_b64(item["vector_b64"], dim, f"items[{i}].vector_b64"))
         else:
-            b64_rows[i] = vectors_from_b64(item["vector_b64"], dim, f"items[{i}].vector_b64")
-            rows.append([0.0] * dim)
+            raise ValueError(f"items[{i}]: expected exactly one of vector, vector_b64; got neither")
         ids.append(item_id)
         payloads.append(payload)
-    # One numpy conversion for the whole batch (C loop), rows already checked for length.
-    vectors = vectors_from_lists(rows, dim, "items[].vector")
-    for i, row in b64_rows.items():
-        vectors[i] = row
+    if not b64_rows:
+        vectors = vectors_from_lists(list_rows, dim, "items[].vector")
+    elif not list_rows:
+        vectors = vectors_from_bytes(b"".join(b64_rows), dim, "items[].vector_b64")
+    else:
+        vectors = np.empty((len(items), dim), dtype=np.float32)
+        vectors[list_at] = vectors_from_lists(list_rows, dim, "items[].vector")
+        vectors[b64_at] = vectors_from_bytes(b"".join(b64_rows), dim, "items[].vector_b64")
     return ids, vectors, payloads
 
 
