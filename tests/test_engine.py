@@ -115,6 +115,21 @@ def test_search_params_override_and_unknown_is_an_error(mixed, glove):
         mixed.search(glove.queries[:1], K, params={"nprobe": 4})
 
 
+def test_l2_merges_lowest_distance_first(manager, fashion):
+    c = manager.create("pixels", fashion.dim, "l2", "hnswlib", {})
+    fill(c, fashion.base, range(4000))
+    wait(manager.start_rebuild("pixels"))
+    fill(c, fashion.base, range(4000, 6000))  # a third in fresh: the merge decides the order
+    results = c.search(fashion.queries, K)
+    assert recall_at_k(rows_of(results), fashion.truth) >= RECALL_FLOOR
+    for hits in results:
+        scores = [s for _, s in hits]
+        assert scores == sorted(scores)
+    exact = c.search(fashion.queries[:50], K, exact=True)
+    _, truth_scores = brute_force_knn(fashion.base, fashion.queries[:50], K, "l2")
+    np.testing.assert_allclose([[s for _, s in h] for h in exact], truth_scores, rtol=1e-4, atol=1e-3)
+
+
 def test_deletes_and_replacements_are_never_returned(manager, glove):
     c = manager.create("churn", glove.dim, "cosine", "hnswlib", {})
     fill(c, glove.base, range(3000))
