@@ -465,7 +465,8 @@ class LSHIndex(Index):
         self._lift_norm = norm if norm > 0 else 1.0
         # Offsets at the median projection of (a sample of) the training rows: balanced bits.
         sample = x if n <= 20000 else x[rng.choice(n, 20000, replace=False)]
-        self._bias = np.ascontiguousarray(np.median(self._project(sample), axis=0), dtype=np.float32)
+        median = np.median(self._project(sample), axis=0)
+        self._bias = np.ascontiguousarray(median, dtype=np.float32)
         self.is_trained = True
         self._empty()
 
@@ -514,7 +515,9 @@ class LSHIndex(Index):
 
     # ---- search
 
-    def _search(self, q: np.ndarray, k: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def _search(
+        self, q: np.ndarray, k: int, params: dict[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
         ids, scores, _ = self._run(q, k, params["probes"])
         return ids, scores
 
