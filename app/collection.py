@@ -156,6 +156,16 @@ class Collection:
     def fresh_count(self) -> int:
         return sum(s.counts().fresh for s in self._shards)
 
+    def _built(self, main: Index | None) -> dict[str, Any] | None:
+        """Kind and params of the current main, and its recall@10 measured at build time
+        (mean over shards weighted by their main size; None if no shard measured one)."""
+        if main is None:
+            return None
+        measured = [(s.main_recall, len(s.main)) for s in self._shards if s.main is not None and s.main_recall is not None]
+        weight = sum(size for _, size in measured)
+        recall = round(sum(r * size for r, size in measured) / weight, 4) if weight else None
+        return {"kind": main.kind, "params": dict(main.build_params), "recall_at_10": recall}
+
     def info(self) -> dict[str, Any]:
         counts = [s.counts() for s in self._shards]
         main = self._current_main()
@@ -168,7 +178,7 @@ class Collection:
                 "kind": self.spec.kind,
                 "params": dict(self.spec.params),
                 "search_params": dict(self._param_index().search_params),
-                "built": {"kind": main.kind, "params": dict(main.build_params)} if main else None,
+                "built": self._built(main),
             },
             "shards": self.shards,
             "count": sum(c.live for c in counts),

@@ -12,13 +12,14 @@ tombstones = len(main) - (live - len(fresh)).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import re
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,6 +40,8 @@ TRAIN_SAMPLE = 100_000  # rows a kind trains on; more rarely changes a codebook 
 ADD_CHUNK = 20_000  # rows per add call, so progress moves and a stop request is seen
 SNAPSHOT_CHUNK = 50_000  # rows per read from the store
 RETRY_GROWTH = 4  # how much more main is asked for when tombstones ate a query's answers
+RECALL_QUERIES = 200  # own items used as queries to measure a new main's recall@10
+RECALL_K = 10
 
 Hits = list[tuple[float, str]]  # (score, id) best first
 
@@ -71,6 +74,45 @@ def best_k(candidates: list[tuple[float, str]], k: int, metric: str) -> Hits:
     else:
         candidates.sort()
     return candidates[:k]
+
+
+def brute_force(
+    queries: np.ndarray, chunks: Iterable[tuple[Sequence[Any], np.ndarray]], k: int, dim: int, metric: str
+) -> list[list[tuple[float, Any]]]:
+    """Exact k best (score, key) per query of (nq, dim) `queries`, best first, over `chunks`
+    of (keys (m,), vectors (m, dim)) - one FAISS flat per chunk, so memory stays bounded."""
+    cands: list[list[tuple[float, Any]]] = [[] for _ in range(queries.shape[0])]
+    for keys, vectors in chunks:
+        flat = create_index("flat", dim, metric)
+        flat.add(vectors, np.arange(len(keys), dtype=np.int64))
+        rows, scores = flat.search(queries, min(k, len(keys)))
+        for qi in range(queries.shape[0]):
+            cands[qi] += [(sc, keys[r]) for r, sc in zip(rows[qi].tolist(), scores[qi].tolist()) if r >= 0]
+            cands[qi] = best_k(cands[qi], k, metric)
+    return cands
+
+
+def build_recall(index: Index, vectors: np.ndarray, labels: np.ndarray, seed: int) -> float:
+    """recall@10 of a freshly built `index` over (n, dim) `vectors` with (n,) `labels`: up to
+    200 of its own items as queries, each one's own item left out of both answers, against
+    exact search over the same vectors. An exact kind is 1.0 by construction."""
+    n = len(labels)
+    k = min(RECALL_K, n - 1)
+    if k < 1 or index.kind == "flat":
+        return 1.0
+    pick = np.random.default_rng(seed).choice(n, min(RECALL_QUERIES, n), replace=False)
+    queries = vectors[pick]
+    chunks = (
+        (labels[s : s + SNAPSHOT_CHUNK].tolist(), vectors[s : s + SNAPSHOT_CHUNK]) for s in range(0, n, SNAPSHOT_CHUNK)
+    )
+    truth = brute_force(queries, chunks, k + 1, index.dim, index.metric)
+    found, _ = index.search(queries, k + 1)
+    hits = 0
+    for qi, own in enumerate(labels[pick].tolist()):
+        want = [label for _, label in truth[qi] if label != own][:k]
+        got = [label for label in found[qi].tolist() if label != own and label >= 0][:k]
+        hits += len(set(want) & set(got))
+    return hits / (len(pick) * k)
 
 
 class Cancelled(RuntimeError):
@@ -141,6 +183,8 @@ class NewMain:
     index: Index | None  # None when the snapshot had no live items
     max_label: int
     path: Path | None
+    recall: float | None = None  # recall@10 measured right after the build (build_recall)
+    built_at: datetime | None = None
 
 
 def fsync_dir(path: Path) -> None:
@@ -180,6 +224,7 @@ class Shard:
         self.main: Index | None = None
         self.main_max = 0
         self.main_built_at: datetime | None = None
+        self.main_recall: float | None = None
         self.fresh = create_index("flat", dim, metric)
         self._fresh_labels: set[int] = set()
         self._id_of: dict[int, str] = {}  # live label -> id
@@ -203,7 +248,7 @@ class Shard:
                     )
                 self.main = index
                 self.main_max = int(MAIN_FILE.match(newest.name).group(1))
-                self.main_built_at = datetime.fromtimestamp(newest.stat().st_mtime, timezone.utc)
+                self.main_built_at, self.main_recall = _read_build_notes(newest)
             except Exception as exc:  # a derived file: whatever is wrong with it, rebuild it
                 log.warning("ignoring unreadable index file %s (%s); serving from the store", newest, exc)
                 self.index_lost = True
@@ -369,17 +414,10 @@ class Shard:
         """Brute force over the live items in the store (one consistent snapshot), read in
         chunks so that memory stays bounded whatever the shard's size."""
         fetch = k + (1 if any(e is not None for e in exclude) else 0)
-        cands: list[list[tuple[float, str]]] = [[] for _ in range(queries.shape[0])]
         with self.store.snapshot() as snap:
-            for _, ids, vectors in snap.chunks(rows=SNAPSHOT_CHUNK):
-                flat = create_index("flat", self.dim, self.metric)
-                flat.add(vectors, np.arange(len(ids), dtype=np.int64))
-                rows, scores = flat.search(queries, min(fetch, len(ids)))
-                for qi in range(queries.shape[0]):
-                    for row, score in zip(rows[qi].tolist(), scores[qi].tolist()):
-                        if row >= 0 and ids[row] != exclude[qi]:
-                            cands[qi].append((score, ids[row]))
-        return [best_k(c, k, self.metric) for c in cands]
+            chunks = ((ids, vectors) for _, ids, vectors in snap.chunks(rows=SNAPSHOT_CHUNK))
+            found = brute_force(queries, chunks, fetch, self.dim, self.metric)
+        return [best_k([h for h in hits if h[1] != exclude[qi]], k, self.metric) for qi, hits in enumerate(found)]
 
     # ---- rebuild ----
 
@@ -417,16 +455,16 @@ class Shard:
             _check(stop)
             index.add(vectors[start : start + ADD_CHUNK], labels[start : start + ADD_CHUNK])
             report(0.3 + 0.6 * min(start + ADD_CHUNK, n) / n)
+        recall = build_recall(index, vectors, labels, seed=max_label)
         _check(stop)
-        path = self.path / f"main-{max_label:020d}.idx"
-        tmp = path.with_name(path.name + ".tmp")
-        index.save(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(self.path)
+        new = NewMain(index, max_label, self.path / f"main-{max_label:020d}.idx", recall, datetime.now(timezone.utc))
+        # Notes first, index last: the index file's arrival is what makes the build count.
+        _write_durably(_notes_path(new.path), lambda tmp: tmp.write_text(json.dumps(
+            {"built_at": new.built_at.isoformat(), "recall_at_10": recall, "items": n}
+        )))
+        _write_durably(new.path, index.save)
         report(1.0)
-        return NewMain(index, max_label, path)
+        return new
 
     def install(self, new: NewMain) -> None:
         """Swap in a built main and drain from fresh exactly the labels it covers (<= its max
@@ -437,16 +475,42 @@ class Shard:
                 self.fresh.remove(np.asarray(covered, dtype=np.int64))
                 self._fresh_labels.difference_update(covered)
             self.main, self.main_max = new.index, new.max_label
-            self.main_built_at = datetime.now(timezone.utc)
+            self.main_built_at = new.built_at or datetime.now(timezone.utc)
+            self.main_recall = new.recall
             self.index_lost = False
         # Older files are now stale; the newest (or, for an empty snapshot, none) is the truth.
+        keep = {new.path, _notes_path(new.path)} if new.path else set()
         for old in self.path.iterdir():
-            if (MAIN_FILE.match(old.name) or old.name.endswith(".idx.tmp")) and old != new.path:
+            if old.name.startswith("main-") and old not in keep:
                 old.unlink(missing_ok=True)
 
     def close(self) -> None:
         with self._write_lock:
             self.store.close()
+
+
+def _notes_path(index_path: Path) -> Path:
+    """The build notes beside an index file: when it was built and the recall it measured."""
+    return index_path.with_suffix(".json")
+
+
+def _read_build_notes(index_path: Path) -> tuple[datetime, float | None]:
+    try:
+        notes = json.loads(_notes_path(index_path).read_text())
+        return datetime.fromisoformat(notes["built_at"]), notes.get("recall_at_10")
+    except (OSError, ValueError, KeyError, TypeError):  # notes are a nicety; the index decides
+        return datetime.fromtimestamp(index_path.stat().st_mtime, timezone.utc), None
+
+
+def _write_durably(path: Path, write: Callable[[Path], Any]) -> None:
+    """Write `path` through `write(tmp)`, fsync it, rename it into place and fsync the
+    directory: after a crash or power loss the file is the old one or the new one, whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def _check(stop: threading.Event) -> None:

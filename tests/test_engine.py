@@ -86,6 +86,7 @@ def test_recall_with_main_and_fresh(mixed, glove):
     info = mixed.info()
     assert (info["count"], info["main_count"], info["fresh_count"]) == (10_000, 8000, 2000)
     assert info["index"]["built"]["kind"] == "hnswlib"
+    assert info["index"]["built"]["recall_at_10"] >= RECALL_FLOOR  # measured by the rebuild itself
     results = mixed.search(glove.queries, K)
     assert all(len(hits) == K for hits in results)
     assert recall_at_k(rows_of(results), glove.truth) >= RECALL_FLOOR
@@ -393,6 +394,7 @@ def test_auto_picks_flat_for_a_small_collection(manager, glove):
     wait(manager.start_rebuild("picky"))
     info = c.info()
     assert info["index"]["kind"] == "auto" and info["index"]["built"]["kind"] == "flat"
+    assert info["index"]["built"]["recall_at_10"] == 1.0
     with pytest.raises(ValueError, match="'flat'"):
         c.search(glove.queries[:1], K, params={"ef": 50})  # checked against what auto built
 
