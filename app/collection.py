@@ -8,24 +8,22 @@ Layout on disk: `<data_dir>/collections/<name>/collection.json` and `shard-<i>/`
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
-from indexes import Index, create_index, index_class
+from indexes import Index, create_index
 
 from .auto import AUTO, EMPTY_KIND, pick_kind
 from .errors import NotFound
 from .settings import Settings
-from .shard import Hits, NewMain, Shard, best_k, shard_of
+from .shard import Hits, NewMain, Shard, best_k, shard_of, write_durably
 
 SPEC_FILE = "collection.json"
 SPEC_FORMAT = 1
@@ -49,13 +47,9 @@ class CollectionSpec:
     created_at: str = ""
 
     def save(self, directory: Path) -> None:
-        """Write collection.json atomically (tmp + fsync + rename)."""
-        tmp = directory / (SPEC_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"format": SPEC_FORMAT, **asdict(self)}, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / SPEC_FILE)
+        """Write collection.json atomically and durably."""
+        text = json.dumps({"format": SPEC_FORMAT, **asdict(self)}, indent=2)
+        write_durably(directory / SPEC_FILE, lambda tmp: tmp.write_text(text))
 
     @classmethod
     def load(cls, directory: Path) -> CollectionSpec:

@@ -459,10 +459,10 @@ class Shard:
         _check(stop)
         new = NewMain(index, max_label, self.path / f"main-{max_label:020d}.idx", recall, datetime.now(timezone.utc))
         # Notes first, index last: the index file's arrival is what makes the build count.
-        _write_durably(_notes_path(new.path), lambda tmp: tmp.write_text(json.dumps(
+        write_durably(_notes_path(new.path), lambda tmp: tmp.write_text(json.dumps(
             {"built_at": new.built_at.isoformat(), "recall_at_10": recall, "items": n}
         )))
-        _write_durably(new.path, index.save)
+        write_durably(new.path, index.save)
         report(1.0)
         return new
 
@@ -502,7 +502,7 @@ def _read_build_notes(index_path: Path) -> tuple[datetime, float | None]:
         return datetime.fromtimestamp(index_path.stat().st_mtime, timezone.utc), None
 
 
-def _write_durably(path: Path, write: Callable[[Path], Any]) -> None:
+def write_durably(path: Path, write: Callable[[Path], Any]) -> None:
     """Write `path` through `write(tmp)`, fsync it, rename it into place and fsync the
     directory: after a crash or power loss the file is the old one or the new one, whole."""
     tmp = path.with_name(path.name + ".tmp")
