@@ -255,7 +255,8 @@ def _build_tree(data, leaf_size, keep_dim, seed):
 
 @intrinsic
 def _prefetch(typingctx, array, row, col):
-    """Hint the CPU to fetch the cache line of array[row, col] (2-D); no effect on results.
+    """Hint the CPU to fetch the cache line of array[row, col] (2-D) or array[row] (1-D, col
+    ignored); no effect on results.
 
     Scoring a leaf's points is bound by memory latency (rows are scattered over a large
     array); fetching all of a leaf's rows before scoring them overlaps those misses.
@@ -266,7 +267,7 @@ def _prefetch(typingctx, array, row, col):
         array_type = signature.args[0]
         ary = context.make_array(array_type)(context, builder, args[0])
         at = [context.cast(builder, a, t, types.intp) for a, t in zip(args[1:], signature.args[1:])]
-        ptr = cgutils.get_item_pointer(context, builder, array_type, ary, at)
+        ptr = cgutils.get_item_pointer(context, builder, array_type, ary, at[: array_type.ndim])
         byte_ptr = ir.IntType(8).as_pointer()
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32])
@@ -337,6 +338,27 @@ def _heap_offer(keys, codes, size, key, code):
 
 
 @numba.njit(**_JIT)
+def _score_codes(rows, count, codes, code_query, code_bias, code_scale, is_l2, cand_d, cand_i, n_cand):
+    """Offer rows[:count] to the candidate heap by their approximate distance from the 8-bit
+    codes; returns the new heap size."""
+    dim = code_query.shape[0]
+    for b in range(count):
+        row = rows[b]
+        c = codes[row]
+        approx = np.float32(0.0)
+        if is_l2:
+            for z in range(dim):
+                diff = code_scale[z] * np.float32(c[z]) - code_query[z]
+                approx += diff * diff
+        else:
+            for z in range(dim):
+                approx -= code_query[z] * np.float32(c[z])
+            approx -= code_bias
+        n_cand = _heap_offer(cand_d, cand_i, n_cand, approx, row)
+    return n_cand
+
+
+@numba.njit(**_JIT)
 def _search_one(
     query, tree_query, code_query, code_bias, search_k, data, codes, code_scale, is_l2,
     hyperplanes, scales, offsets, children, roots, leaf_offsets, indices,
@@ -346,6 +368,8 @@ def _search_one(
     minus the inner product for ip) with the best len(best_d) rows; return found."""
     dim = query.shape[0]
     n_cand = 0
+    current = 0  # batch[current] takes the next leaf's rows
+    waiting = 0  # rows in batch[1 - current] not scored yet
     collected = 0
     pq_size = 0
     n_trees = roots.shape[0]
@@ -362,6 +386,13 @@ def _search_one(
             pq_size -= 1
             if pq_size > 0:
                 _heap_sift_down(pq_keys, pq_codes, pq_size, pq_keys[pq_size], pq_codes[pq_size])
+                # The next subtree to pop is known now: start fetching its top.
+                following = pq_codes[0]
+                if following >= 0:
+                    _prefetch(hyperplanes, following, 0)
+                    _prefetch(children, following, 0)
+                else:
+                    _prefetch(leaf_offsets, -following - 1, 0)
         else:
             break
         # Descend to a leaf along the near side, queueing each far side. This visits leaves in
@@ -375,9 +406,19 @@ def _search_one(
             if left >= 0:
                 for z in range(0, dim, 64):
                     _prefetch(hyperplanes, left, z)
+                _prefetch(children, left, 0)
+                _prefetch(scales, left, 0)
+                _prefetch(offsets, left, 0)
+            else:
+                _prefetch(leaf_offsets, -left - 1, 0)
             if right >= 0:
                 for z in range(0, dim, 64):
                     _prefetch(hyperplanes, right, z)
+                _prefetch(children, right, 0)
+                _prefetch(scales, right, 0)
+                _prefetch(offsets, right, 0)
+            else:
+                _prefetch(leaf_offsets, -right - 1, 0)
             h = hyperplanes[code]
             m = np.float32(0.0)
             for z in range(dim):
@@ -397,7 +438,9 @@ def _search_one(
         lo = leaf_offsets[leaf]
         hi = leaf_offsets[leaf + 1]
         collected += hi - lo
-        # Pass 1: keep the unseen rows and start fetching their codes; pass 2: score them.
+        # Keep this leaf's unseen rows and start fetching their codes, then score the previous
+        # leaf's rows, whose codes were fetched while this leaf was being reached.
+        rows = batch[current]
         fresh = 0
         for pos in range(lo, hi):
             row = indices[pos]
@@ -405,22 +448,18 @@ def _search_one(
                 visited[row] = generation
                 for z in range(0, dim, 64):
                     _prefetch(codes, row, z)
-                _prefetch(codes, row, dim - 1)
-                batch[fresh] = row
+                rows[fresh] = row
                 fresh += 1
-        for b in range(fresh):
-            row = batch[b]
-            c = codes[row]
-            approx = np.float32(0.0)
-            if is_l2:
-                for z in range(dim):
-                    diff = code_scale[z] * np.float32(c[z]) - code_query[z]
-                    approx += diff * diff
-            else:
-                for z in range(dim):
-                    approx -= code_query[z] * np.float32(c[z])
-                approx -= code_bias
-            n_cand = _heap_offer(cand_d, cand_i, n_cand, approx, row)
+        current = 1 - current
+        n_cand = _score_codes(
+            batch[current], waiting, codes, code_query, code_bias, code_scale, is_l2,
+            cand_d, cand_i, n_cand,
+        )
+        waiting = fresh
+    n_cand = _score_codes(
+        batch[1 - current], waiting, codes, code_query, code_bias, code_scale, is_l2,
+        cand_d, cand_i, n_cand,
+    )
     # Exact re-scoring of the best candidates by their 8-bit codes.
     for b in range(n_cand):
         row = cand_i[b]
@@ -453,9 +492,9 @@ def _search_batch(
 
     Candidates are ranked by their 8-bit codes `codes` (n, >=dim) uint8 (x ~ code_min +
     code_scale * code) and the best `rerank` of them re-scored exactly on `data` (n, dim).
-    `visited` (n,) uint32 and `generation` (1,) uint32 are the caller's scratch: a row counts
-    as seen for this query when visited[row] == the query's generation, so nothing is
-    cleared between queries. `pq_*` is the caller's preallocated priority queue.
+    `visited` (n,) uint8 and `generation` (1,) uint8 are the caller's scratch: a row counts
+    as seen for this query when visited[row] == the query's generation, so the markers are
+    cleared only once every 255 queries (one byte a row keeps them in the L2 cache). `pq_*` is the caller's preallocated priority queue.
     """
     nq, dim = queries.shape
     tree_query = np.empty(dim, dtype=np.float32)
@@ -464,7 +503,7 @@ def _search_batch(
     cand_i = np.empty(max(rerank, k), dtype=np.int32)
     best_d = np.empty(k, dtype=np.float32)
     best_i = np.empty(k, dtype=np.int32)
-    batch = np.empty(max_leaf, dtype=np.int32)
+    batch = np.empty((2, max_leaf), dtype=np.int32)
     for qi in range(nq):
         query = queries[qi]
         code_bias = np.float32(0.0)
@@ -483,10 +522,10 @@ def _search_batch(
             scale = sphere_radius / np.sqrt(norm) if norm > 0 else np.float32(1.0)
             for z in range(dim):
                 tree_query[z] = query[z] * scale
-        generation[0] += np.uint32(1)
+        generation[0] += np.uint8(1)
         if generation[0] == 0:
             visited[:] = 0
-            generation[0] = np.uint32(1)
+            generation[0] = np.uint8(1)
         found = _search_one(
             query, tree_query, code_query, code_bias, search_k, data, codes, code_scale, is_l2,
             hyperplanes, scales, offsets, children, roots, leaf_offsets, indices,
@@ -650,8 +689,8 @@ class ForestIndex(Index):
             # Each internal node is queued at most once per query: this bound never overflows,
             # and only the pages a query touches are ever committed.
             local.scratch = (
-                np.zeros(n, dtype=np.uint32),
-                np.zeros(1, dtype=np.uint32),
+                np.zeros(n, dtype=np.uint8),
+                np.zeros(1, dtype=np.uint8),
                 np.empty(n_internal + 1, dtype=np.float32),
                 np.empty(n_internal + 1, dtype=np.int32),
             )
