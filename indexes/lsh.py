@@ -116,6 +116,24 @@ def _pack_keys(proj, bias, n_tables, n_bits, out, row0):
 
 
 @numba.njit(nogil=True, cache=True)
+def _bucket_rows(keys, n_keys, offsets, members):
+    """Counting sort of each table's rows by key: the CSR offsets (n_tables, n_keys + 1)
+    and members (n_tables * n,), rows in increasing order within a bucket."""
+    n_tables, n = keys.shape
+    for t in range(n_tables):
+        fill = np.zeros(n_keys + 1, dtype=np.int64)
+        for i in range(n):
+            fill[keys[t, i] + 1] += 1
+        for key in range(n_keys):
+            fill[key + 1] += fill[key]
+            offsets[t, key + 1] = fill[key + 1]
+        for i in range(n):
+            key = keys[t, i]
+            members[t * n + fill[key]] = i
+            fill[key] += 1
+
+
+@numba.njit(nogil=True, cache=True)
 def _expand_keys(offsets, members, n, out):
     """Inverse of the CSR build: out[t, row] = key of row in table t."""
     n_tables, n_keys = offsets.shape[0], offsets.shape[1] - 1
@@ -492,7 +510,7 @@ class LSHIndex(Index):
         n_bits = self.build_params["n_bits"]
         n_old = self._vectors.shape[0]
         n = n_old + x.shape[0]
-        keys = np.empty((n_tables, n), dtype=np.int64)
+        keys = np.empty((n_tables, n), dtype=np.uint32)
         if n_old:
             _expand_keys(self._offsets, self._members, n_old, keys)
         for start in range(0, x.shape[0], _PROJECT_CHUNK):
@@ -503,14 +521,12 @@ class LSHIndex(Index):
         self._build_tables(keys)
 
     def _build_tables(self, keys: np.ndarray) -> None:
-        """CSR per table from keys (n_tables, n): members sorted by key, stable."""
+        """CSR per table from keys (n_tables, n) uint32."""
         n_tables, n = keys.shape
         n_keys = 1 << self.build_params["n_bits"]
         members = np.empty(n_tables * n, dtype=np.int32)
         offsets = np.zeros((n_tables, n_keys + 1), dtype=np.int32)
-        for t in range(n_tables):
-            members[t * n : (t + 1) * n] = np.argsort(keys[t], kind="stable")
-            np.cumsum(np.bincount(keys[t], minlength=n_keys), out=offsets[t, 1:])
+        _bucket_rows(keys, n_keys, offsets, members)
         self._members, self._offsets = members, offsets
 
     # ---- search
