@@ -149,14 +149,12 @@ class AnnoyContender:
         return dict(params)
 
     def memory_bytes(self) -> int:
-        # Annoy's index is one flat buffer, the same bytes it writes to disk.
+        # Annoy's index is one flat buffer, the bytes it writes to disk. `save` also remaps the
+        # index onto the file, which stays valid after the directory is removed (POSIX unlink).
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "annoy.ann"
             self.index.save(str(path))
-            size = path.stat().st_size
-            self.index.unload()
-            self.index.load(str(path))
-        return size
+            return path.stat().st_size
 
     def search(self, q: np.ndarray, k: int, params: dict[str, Any]) -> np.ndarray:
         search_k = params.get("search_k", -1)
@@ -389,7 +387,7 @@ def run_contender(
             build = contender.resolved_build_params()
             memory = contender.memory_bytes()
         except Exception as exc:  # a kind still being written, or a bad parameter: report, go on
-            skipped.append(f"{kind} {build_setting or ''} build failed, skipped: {reason(exc)}")
+            skipped.append(f"{kind} build {_compact(build_setting)} failed, skipped: {reason(exc)}")
             progress.advance(task, len(settings))
             continue
         clamped = clamp_to_build(settings, build)
@@ -403,6 +401,11 @@ def run_contender(
                 skipped.append(f"{kind} {_compact(setting)} search failed, skipped: {reason(exc)}")
             else:
                 results.append(Result(data.name, kind, build, resolved, build_s=build_s, memory_bytes=memory, **point))
+                if not progress.console.is_terminal:  # a log file gets no live bar: one line per step
+                    progress.console.print(
+                        f"{kind} {_compact(setting)}: recall {point['recall']:.3f}, "
+                        f"{point['qps_single']:,.0f} QPS single", highlight=False,
+                    )  # fmt: skip
             progress.advance(task)
     return results, skipped
 
@@ -498,7 +501,7 @@ def pareto(points: list[Result]) -> list[Result]:
     return front[::-1]
 
 
-def plot(results: list[Result], path: Path, title: str) -> None:
+def plot(results: list[Result], path: Path, title: str, k: int) -> None:
     """Log-scale single-query QPS vs recall, one Pareto line per kind, peers dashed."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed (Agg)
 
@@ -507,9 +510,10 @@ def plot(results: list[Result], path: Path, title: str) -> None:
     for kind in dict.fromkeys(r.kind for r in results):
         front = pareto([r for r in results if r.kind == kind])
         style = "--" if front[0].is_peer else "-"
-        ax.plot([r.recall for r in front], [r.qps_single for r in front], style, marker="o", ms=3, label=kind)
+        size = 7 if len(front) == 1 else 3  # a lone point (flat) must still be seen
+        ax.plot([r.recall for r in front], [r.qps_single for r in front], style, marker="o", ms=size, label=kind)
     ax.set_yscale("log")
-    ax.set_xlabel("recall@k")
+    ax.set_xlabel(f"recall@{k}")
     ax.set_ylabel("queries per second (1 query per call, 1 thread)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
@@ -540,7 +544,7 @@ def report(results: list[Result], skipped: list[str], data: Dataset, k: int, out
     written = ["results.csv", "summary.md"]
     if results:
         try:
-            plot(results, out / "recall_vs_qps.png", f"recall@{k} vs QPS: {context}")
+            plot(results, out / "recall_vs_qps.png", f"recall@{k} vs QPS: {context}", k)
             written.append("recall_vs_qps.png")
         except ImportError:
             console.print("[yellow]no plot[/]: matplotlib is missing (pip install 'annserve[bench]')")
