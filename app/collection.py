@@ -65,7 +65,9 @@ def check_vectors(x: Any, dim: int, collection: str, what: str = "vectors") -> n
     try:
         arr = np.asarray(x, dtype=np.float32)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what}: expected numbers with shape (n, {dim}), got {type(x).__name__} ({exc})") from None
+        raise ValueError(
+            f"{what}: expected numbers with shape (n, {dim}), got {type(x).__name__} ({exc})"
+        ) from None
     if arr.ndim == 1 and arr.shape[0] in (0, dim):
         arr = arr.reshape(-1, dim)
     if arr.ndim != 2:
@@ -97,7 +99,9 @@ def _payload_json(pos: int, payload: Any) -> str | None:
     if payload is None:
         return None
     if not isinstance(payload, dict):
-        raise ValueError(f"payload at position {pos}: expected an object or null, got {type(payload).__name__}")
+        raise ValueError(
+            f"payload at position {pos}: expected an object or null, got {type(payload).__name__}"
+        )
     try:
         # orjson: ~10x faster than json.dumps, which was a quarter of an upsert's time. JSON has
         # no NaN: a non-finite float in a payload is stored as null (the HTTP parser rejects
@@ -155,7 +159,8 @@ class Collection:
         (mean over shards weighted by their main size; None if no shard measured one)."""
         if main is None:
             return None
-        measured = [(s.main_recall, len(s.main)) for s in self._shards if s.main is not None and s.main_recall is not None]
+        mains = [(s.main, s.main_recall) for s in self._shards if s.main is not None]
+        measured = [(recall, len(index)) for index, recall in mains if recall is not None]
         weight = sum(size for _, size in measured)
         recall = round(sum(r * size for r, size in measured) / weight, 4) if weight else None
         return {"kind": main.kind, "params": dict(main.build_params), "recall_at_10": recall}

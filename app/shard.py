@@ -103,7 +103,8 @@ def build_recall(index: Index, vectors: np.ndarray, labels: np.ndarray, seed: in
     pick = np.random.default_rng(seed).choice(n, min(RECALL_QUERIES, n), replace=False)
     queries = vectors[pick]
     chunks = (
-        (labels[s : s + SNAPSHOT_CHUNK].tolist(), vectors[s : s + SNAPSHOT_CHUNK]) for s in range(0, n, SNAPSHOT_CHUNK)
+        (labels[s : s + SNAPSHOT_CHUNK].tolist(), vectors[s : s + SNAPSHOT_CHUNK])
+        for s in range(0, n, SNAPSHOT_CHUNK)
     )
     truth = brute_force(queries, chunks, k + 1, index.dim, index.metric)
     found, _ = index.search(queries, k + 1)
@@ -417,7 +418,9 @@ class Shard:
         with self.store.snapshot() as snap:
             chunks = ((ids, vectors) for _, ids, vectors in snap.chunks(rows=SNAPSHOT_CHUNK))
             found = brute_force(queries, chunks, fetch, self.dim, self.metric)
-        return [best_k([h for h in hits if h[1] != exclude[qi]], k, self.metric) for qi, hits in enumerate(found)]
+        return [
+            best_k([h for h in hits if h[1] != exclude[qi]], k, self.metric) for qi, hits in enumerate(found)
+        ]
 
     # ---- rebuild ----
 
@@ -457,7 +460,8 @@ class Shard:
             report(0.3 + 0.6 * min(start + ADD_CHUNK, n) / n)
         recall = build_recall(index, vectors, labels, seed=max_label)
         _check(stop)
-        new = NewMain(index, max_label, self.path / f"main-{max_label:020d}.idx", recall, datetime.now(timezone.utc))
+        path = self.path / f"main-{max_label:020d}.idx"
+        new = NewMain(index, max_label, path, recall, datetime.now(timezone.utc))
         # Notes first, index last: the index file's arrival is what makes the build count.
         write_durably(_notes_path(new.path), lambda tmp: tmp.write_text(json.dumps(
             {"built_at": new.built_at.isoformat(), "recall_at_10": recall, "items": n}
