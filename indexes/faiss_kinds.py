@@ -64,9 +64,11 @@ def default_m(dim: int) -> int:
 
 
 def default_nbits(n: int) -> int:
-    """8 bits per code (256 centroids), fewer when n is too small to train 2^nbits centroids
-    with 39 points each; at least 1."""
-    return max(1, min(8, int(math.floor(math.log2(max(n, 1) / MIN_POINTS_PER_CENTROID))) if n >= 78 else 1))
+    """8 bits per code (256 centroids), fewer when n cannot give 2^nbits centroids 39
+    training points each (Fashion's 6K rows get 7); at least 1."""
+    if n < 2 * MIN_POINTS_PER_CENTROID:
+        return 1
+    return min(8, int(math.log2(n / MIN_POINTS_PER_CENTROID)))
 
 
 class _FaissIndex(Index):
@@ -170,7 +172,8 @@ class FlatIndex(_FaissIndex):
     kind = "flat"
 
     def _build(self, x: np.ndarray | None) -> faiss.Index:
-        # IDMap2 (not IDMap) keeps an id -> position map, which remove_ids needs to stay O(n).
+        # IDMap2 (not IDMap) also keeps id -> position, so `library_index.reconstruct(id)`
+        # reads a buffered vector back by id.
         return faiss.IndexIDMap2(faiss.IndexFlat(self.dim, self._faiss_metric))
 
     def remove(self, ids: Any) -> int:

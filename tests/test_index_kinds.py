@@ -185,7 +185,7 @@ def test_bad_input_names_expected_and_received(kind, built):
     raises(lambda: index.add(q, np.array([-1, 5])), "ids")
     raises(lambda: create_index(kind, dim, "cosine", no_such_build=1), "no_such_build", got=False)
     for name in INDEX_KINDS[kind].build_defaults:
-        raises(lambda: create_index(kind, dim, first_metric(kind), **{name: 0}), name)
+        raises(lambda: create_index(kind, dim, first_metric(kind), **{name: -1}), name)
         raises(lambda: create_index(kind, dim, first_metric(kind), **{name: "x"}), name)
     raises(lambda: create_index(kind, dim, "hamming"), "hamming")
     raises(lambda: create_index("no_such_kind", dim), "no_such_kind", got=False)
