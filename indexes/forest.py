@@ -13,18 +13,28 @@ an offset):
   to norm M (which does not change its ranking) and its extra coordinate is 0, so the trees
   only keep the first `dim` components of each hyperplane.
 
+Each split is rounded to an 8-bit normal (per-node scale) before the points are split by it,
+so the search routes exactly as the build split while reading a quarter of the bytes.
+
 Search: one priority queue across all trees, keyed by the smallest margin along the path
-(Annoy), until `search_k` leaf entries have been collected; every new point is scored exactly
-as it arrives (a visited marker with a generation counter drops duplicates), and the best k are
-kept in a small heap. The whole batch is answered in one numba call.
+(Annoy), until `search_k` leaf entries have been collected. Each new point (a visited marker
+with a generation counter drops duplicates) is first ranked by an 8-bit scalar code of its
+vector (one cache line at dim <= 64, against four for float32); the best 4 * k of those are
+then re-scored exactly on the float32 vectors, and the best k returned with exact scores.
+Search is bound by memory latency, not arithmetic: rows of codes are fetched for a whole
+leaf before they are scored (one leaf later), and the hyperplanes of both children are
+fetched while a node's margin is computed. The whole batch is answered in one numba call.
 
 Flat storage for the whole forest (node codes: an internal node is its row `>= 0`, a leaf is
 `-(leaf + 1)`):
-- `hyperplanes` (n_internal, dim) float32, `offsets` (n_internal,) float32: a point goes to
-  `children[node, 1]` when `hyperplanes[node] . x + offsets[node] > 0`, else `children[node, 0]`;
+- `hyperplanes` (n_internal, >=dim) int8 (rows padded to 64 bytes), `scales` and `offsets`
+  (n_internal,) float32: a point goes to `children[node, 1]` when
+  `scales[node] * (hyperplanes[node, :dim] . x) + offsets[node] > 0`, else `children[node, 0]`;
 - `children` (n_internal, 2) int32 node codes; `roots` (n_trees,) int32 node codes;
 - `indices` (n_trees * n,) int32 row numbers, tree after tree, each tree's leaves in order;
   leaf j holds `indices[leaf_offsets[j]:leaf_offsets[j + 1]]`.
+The vectors are kept in float32 for the exact scores; the 8-bit codes are derived from them
+when the index is built or loaded, and not saved.
 
 `add` appends vectors; the forest is (re)built over all points lazily, before the next search
 or save. Adding in many small batches between searches therefore rebuilds each time: for a
@@ -593,7 +603,8 @@ class ForestIndex(Index):
         self._local = threading.local()
         self._version = 0
         self._codes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self._snapshot: tuple[int, tuple] | None = None
+        # (version, the forest's internal node count, the kernel's index arguments)
+        self._snapshot: tuple[int, int, tuple] | None = None
 
     # ---- parameters
 
@@ -629,7 +640,7 @@ class ForestIndex(Index):
             self._pending.append((x.copy(), ids.copy()))
             self._forest = None
 
-    def _ensure_built(self) -> tuple[int, tuple]:
+    def _ensure_built(self) -> tuple[int, int, tuple]:
         """The current search snapshot, (re)building the forest first if vectors were added."""
         snapshot = self._snapshot
         if snapshot is not None and self._forest is not None:
@@ -698,9 +709,9 @@ class ForestIndex(Index):
         return local.scratch
 
     def _search(self, q: np.ndarray, k: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        version, args = self._ensure_built()
+        version, n_internal, args = self._ensure_built()
         search_k = params["search_k"] or self.default_search_k(k)
-        scratch = self._scratch(version, args[0].shape[0], args[11].shape[0])
+        scratch = self._scratch(version, args[0].shape[0], n_internal)
         out_ids = np.empty((q.shape[0], k), dtype=np.int64)
         out_scores = np.empty((q.shape[0], k), dtype=np.float32)
         _search_batch(q, k, _RERANK_PER_K * k, search_k, *args, *scratch, out_ids, out_scores)
@@ -747,7 +758,7 @@ class ForestIndex(Index):
             forest["roots"],
             forest["leaf_offsets"], forest["indices"],
         )
-        self._snapshot = (self._version, args)
+        self._snapshot = (self._version, forest["children"].shape[0], args)
 
     def memory_bytes(self) -> int:
         forest = self._forest or {}
