@@ -98,7 +98,9 @@ class _FaissIndex(Index):
             return check_positive_int(name, value, minimum=2)
         value = check_positive_int(name, value)
         if name == "m" and self.dim % value:
-            raise ValueError(f"m: expected a divisor of dim={self.dim} (sub-vectors of equal length), got {value}")
+            raise ValueError(
+                f"m: expected a divisor of dim={self.dim} (sub-vectors of equal length), got {value}"
+            )
         if name == "nbits" and value > 16:
             raise ValueError(f"nbits: expected an integer in [1, 16], got {value}")
         return value

@@ -36,6 +36,9 @@ FLOORS = {
     "lsh": LSH_FLOOR,
     "forest": FOREST_FLOOR,
 }
+# Share of stored vectors that a kind returns as their own nearest neighbour (k=1) on 1100
+# random 16-d vectors; low because PQ gets only 2 x 4-bit codes for so few training points.
+SELF_RECALL_FLOOR = 0.8
 CASES = [("glove", "cosine"), ("fashion", "l2"), ("glove", "ip")]
 KINDS = sorted(INDEX_KINDS)
 # Kinds whose search visits every item of a small index at default parameters.
@@ -253,6 +256,20 @@ def test_per_call_param_overrides_only_that_call(kind, glove, built):
     assert not np.array_equal(overridden[0], before[0]), f"{name}={other} changed nothing"
     for got, want in zip(after, before):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_adds_in_batches_accumulate(kind):
+    """Several adds extend the index (hnswlib must grow past its initial capacity) and
+    every stored vector is found as its own nearest neighbour."""
+    x = np.random.default_rng(9).standard_normal((1100, 16)).astype(np.float32)
+    index = create_index(kind, 16, first_metric(kind))
+    index.train(x)
+    index.add(x[:1000], np.arange(1000))
+    index.add(x[1000:], np.arange(1000, 1100))
+    assert len(index) == 1100
+    ids, _ = index.search(x, 1)
+    assert (ids[:, 0] == np.arange(1100)).mean() >= SELF_RECALL_FLOOR
 
 
 def test_flat_remove_drops_ids():
