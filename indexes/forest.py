@@ -36,6 +36,13 @@ Flat storage for the whole forest (node codes: an internal node is its row `>= 0
 The vectors are kept in float32 for the exact scores; the 8-bit codes are derived from them
 when the index is built or loaded, and not saved.
 
+Measured (GloVe 6B 50d, 399K rows cosine, 1000 held-out queries, one query per call through
+`Index.search`, one core, CPU time on a shared machine; Annoy 1.17 angular with 50 trees, fed
+Python lists): at recall@10 >= 0.90 Annoy's best is 926 QPS (search_k 6000, recall 0.903),
+this forest's 2012 QPS (50 trees, search_k 6000, recall 0.905); near 0.95, 628 QPS (Annoy,
+10000, 0.946) against 1227 QPS (12000, 0.958). Build of 50 trees: about 50 s on one core;
+memory 237 MB against Annoy's 348 MB file.
+
 `add` appends vectors; the forest is (re)built over all points lazily, before the next search
 or save. Adding in many small batches between searches therefore rebuilds each time: for a
 growing collection, add in bulk (the service buffers fresh writes and rebuilds in the
