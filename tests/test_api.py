@@ -418,3 +418,51 @@ def test_hot_path_and_router_answer_alike(tmp_path, glove):
             assert 'route="/collections/{name}/search",status="422"' in metrics
     assert answers[0] == answers[1]
     assert [status for status, _ in answers[0]] == [200, 200, 200, 422, 422, 404, 404, 422]
+
+
+def test_concurrent_searches_are_batched_and_answered_alike(tmp_path, glove):
+    """Concurrent searches share engine calls (micro-batching); each must get exactly the answer it
+    gets alone, whatever its k, params, exactness or exclusion, and errors stay with their request."""
+    import asyncio
+
+    import httpx
+
+    app = create_app(Settings(data_dir=tmp_path / "data"))
+    requests = []
+    for i in range(24):
+        q = glove.queries[i].tolist()
+        requests += [
+            {"vector": q, "k": 3 + i % 4},
+            {"vector": q, "k": 5, "params": {"ef": 20 + i}},
+            {"id": f"v{i}", "k": 4},
+            {"vector": q, "k": 2, "exact": True},
+        ]
+    requests += [{"vector": glove.queries[0].tolist(), "params": {"nprobe": 2}}] * 3
+    batch_calls = []
+
+    async def run() -> tuple[list, list]:
+        async with app.router.lifespan_context(app):
+            while not app.state.manager.is_ready:
+                await asyncio.sleep(0.01)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                body = {"name": "g", "dim": 50, "index": {"kind": "hnswlib"}}
+                assert (await client.post("/collections", json=body)).status_code == 201
+                items = [{"id": f"v{i}", "vector": v.tolist()} for i, v in enumerate(glove.base[:1000])]
+                assert (await client.post("/collections/g/vectors", json={"items": items})).status_code == 200
+                alone = [(await client.post("/collections/g/search", json=r)) for r in requests]
+                original = app.state.batcher._pool.submit
+
+                def counting_submit(fn, batch):
+                    batch_calls.append(len(batch))
+                    return original(fn, batch)
+
+                app.state.batcher._pool.submit = counting_submit
+                together = await asyncio.gather(*(client.post("/collections/g/search", json=r) for r in requests))
+                return [(r.status_code, r.json()) for r in alone], [(r.status_code, r.json()) for r in together]
+
+    alone, together = asyncio.run(run())
+    assert together == alone
+    assert [status for status, _ in alone[-3:]] == [422] * 3 and "nprobe" in alone[-1][1]["detail"]
+    assert all(status == 200 for status, _ in alone[:-3])
+    assert max(batch_calls) > 1, batch_calls  # some engine calls did serve several requests
