@@ -34,6 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from indexes import INDEX_KINDS, create_index, index_class, recall_at_k
+from indexes.base import normalize_rows
 
 from .datasets import Dataset, ground_truth, load_dataset
 
@@ -276,13 +277,13 @@ def plan_grid(
     accepted = search_names | (PEERS[kind].build_knobs if kind in PEERS else set())
     for name in overrides:
         if name not in accepted:
-            raise ValueError(f"--sweep: {kind} has no knob {name!r}; expected one of {sorted(accepted) or 'none'}")
+            raise ValueError(f"--sweep: {kind} has no knob {name!r}; expected one of {_listing(accepted)}")
     grid, notes = {}, []
     for name, values in {**SWEEPS.get(kind, {}), **overrides}.items():
         if name in accepted:
             grid[name] = values
         else:
-            notes.append(f"{kind}: no search parameter {name!r} (it has {sorted(accepted) or 'none'}), not swept")
+            notes.append(f"{kind}: no search parameter {name!r} (it has {_listing(accepted)}), not swept")
     return grid, notes
 
 
@@ -291,7 +292,8 @@ def check_build_params(kind: str, params: dict[str, Any]) -> None:
     unknown = sorted(set(params) - build_names)
     if unknown:
         raise ValueError(
-            f"--build-params: unknown parameter(s) {unknown} for {kind}; expected some of {sorted(build_names) or 'none'}"
+            f"--build-params: unknown parameter(s) {unknown} for {kind}; "
+            f"expected some of {_listing(build_names)}"
         )
 
 
@@ -383,7 +385,8 @@ def run_contender(
         settings = expand(search_grid)
         progress.update(task, description=f"{kind}: building")
         try:
-            build_s = median_seconds(lambda: contender.build(data, {**build_overrides, **build_setting}), passes=1)
+            params = {**build_overrides, **build_setting}
+            build_s = median_seconds(lambda: contender.build(data, params), passes=1)
             build = contender.resolved_build_params()
             memory = contender.memory_bytes()
         except Exception as exc:  # a kind still being written, or a bad parameter: report, go on
@@ -400,7 +403,8 @@ def run_contender(
             except Exception as exc:
                 skipped.append(f"{kind} {_compact(setting)} search failed, skipped: {reason(exc)}")
             else:
-                results.append(Result(data.name, kind, build, resolved, build_s=build_s, memory_bytes=memory, **point))
+                results.append(Result(data.name, kind, build, resolved, build_s=build_s, memory_bytes=memory,
+                                      **point))
                 if not progress.console.is_terminal:  # a log file gets no live bar: one line per step
                     progress.console.print(
                         f"{kind} {_compact(setting)}: recall {point['recall']:.3f}, "
@@ -408,6 +412,10 @@ def run_contender(
                     )  # fmt: skip
             progress.advance(task)
     return results, skipped
+
+
+def _listing(names: set[str]) -> str:
+    return ", ".join(sorted(names)) or "none"
 
 
 def _compact(params: dict[str, Any]) -> str:
@@ -442,9 +450,11 @@ def summary_lines(results: list[Result]) -> list[str]:
         cells = []
         for target in RECALL_TARGETS:
             best = best_at(results, kind, target)
-            cells.append(f"{best.qps_single:,.0f} ({_compact(best.search_params)})" if best else "not reached")
+            cell = f"{best.qps_single:,.0f} ({_compact(best.search_params)})" if best else "not reached"
+            cells.append(cell)
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-    lines += ["", "- " + ratio_line(results, "forest", "annoy", 0.90), "- " + ratio_line(results, "lsh", "flat", 0.90)]
+    lines += ["", "- " + ratio_line(results, "forest", "annoy", 0.90)]
+    lines += ["- " + ratio_line(results, "lsh", "flat", 0.90)]
     return lines
 
 
@@ -511,7 +521,8 @@ def plot(results: list[Result], path: Path, title: str, k: int) -> None:
         front = pareto([r for r in results if r.kind == kind])
         style = "--" if front[0].is_peer else "-"
         size = 7 if len(front) == 1 else 3  # a lone point (flat) must still be seen
-        ax.plot([r.recall for r in front], [r.qps_single for r in front], style, marker="o", ms=size, label=kind)
+        recall, qps = [r.recall for r in front], [r.qps_single for r in front]
+        ax.plot(recall, qps, style, marker="o", ms=size, label=kind)
     ax.set_yscale("log")
     ax.set_xlabel(f"recall@{k}")
     ax.set_ylabel("queries per second (1 query per call, 1 thread)")
@@ -529,9 +540,8 @@ def report(results: list[Result], skipped: list[str], data: Dataset, k: int, out
     for line in skipped:
         console.print(f"[yellow]skipped[/] {line}", markup=True, highlight=False)
     nq = data.queries.shape[0]
-    context = (
-        f"{data.name} ({data.base.shape[0]:,} x {data.dim}, {data.metric}, {nq} queries, k={k}) on {machine()}"
-    )
+    shape = f"{data.base.shape[0]:,} x {data.dim}, {data.metric}, {nq} queries, k={k}"
+    context = f"{data.name} ({shape}) on {machine()}"
     method = (
         f"single-query QPS: one query per call, 1 thread (FAISS OpenMP, numba, hnswlib), median of "
         f"{TIMING_PASSES} passes; batch QPS: all {nq} queries in one call, library threads allowed "
@@ -558,8 +568,9 @@ def overhead(data: Dataset, kinds: list[str], k: int, reps: int = 7) -> None:
     """Time a 1000-query batch through each FAISS/hnswlib wrapper and through its raw library
     object with the same parameters, interleaved, and print wrapper/raw (target: < 1.05)."""
     queries = np.resize(data.queries, (1000, data.dim)).astype(np.float32)
-    raw_queries = queries / np.linalg.norm(queries, axis=1, keepdims=True) if data.metric == "cosine" else queries
-    table = Table(title=f"wrapper overhead: 1000-query batch, k={k}, median of {reps}, library threads allowed")
+    raw_queries = normalize_rows(queries) if data.metric == "cosine" else queries  # as the wrapper does
+    title = f"wrapper overhead: 1000-query batch, k={k}, median of {reps}, library threads allowed"
+    table = Table(title=title)
     for column in ("kind", "search", "wrapper ms", "raw ms", "wrapper/raw", "same ids"):
         table.add_column(column)
     for kind in (k_ for k_ in kinds if k_ in OVERHEAD_KINDS):
@@ -582,9 +593,10 @@ def overhead(data: Dataset, kinds: list[str], k: int, reps: int = 7) -> None:
             raw_t.append(median_seconds(lambda: raw_search(raw_queries), passes=1))
         w, r = statistics.median(wrapper_t), statistics.median(raw_t)
         same = float(np.mean(wrapped == raw))
-        table.add_row(kind, _compact(params), f"{w * 1e3:.2f}", f"{r * 1e3:.2f}", f"{w / r:.3f}", f"{same:.1%}")
+        times = (f"{w * 1e3:.2f}", f"{r * 1e3:.2f}", f"{w / r:.3f}")
+        table.add_row(kind, _compact(params), *times, f"{same:.1%}")
     console.print(table)
-    console.print("'same ids' below 100% means the wrapper does work the raw call does not (e.g. re-scoring).")
+    console.print("'same ids' below 100%: the wrapper does work the raw call does not (e.g. re-scoring).")
 
 
 def raw_searcher(library: Any, params: dict[str, Any], k: int) -> Any:
@@ -628,9 +640,9 @@ def bench(
     k: int = typer.Option(10, help="neighbours per query; recall is recall@k"),
     out: Path = typer.Option(Path("bench-results"), help="output directory"),
     peers: bool = typer.Option(True, help="also run Annoy and FAISS IndexLSH"),
-    build_params: list[str] = typer.Option([], help="overrides, e.g. 'hnsw:M=32,ef_construction=200' (repeatable)"),
+    build_params: list[str] = typer.Option([], help="e.g. 'hnsw:M=32,ef_construction=200' (repeatable)"),
     sweep: list[str] = typer.Option([], help="knob values, e.g. 'hnsw:ef=10,40,160' (repeatable)"),
-    overhead_mode: bool = typer.Option(False, "--overhead", help="measure wrapper vs raw library time instead"),
+    overhead_mode: bool = typer.Option(False, "--overhead", help="time wrapper vs raw library instead"),
     seed: int = typer.Option(0, help="seed for the held-out queries"),
 ) -> None:
     """Recall vs QPS of every index kind (and peers): table, results.csv, recall_vs_qps.png."""
@@ -640,7 +652,9 @@ def bench(
         builds, sweeps = parse_build_params(build_params), parse_sweeps(sweep)
         for kind in set(builds) | set(sweeps):
             if kind not in contenders:
-                raise ValueError(f"{kind!r} is overridden but not benchmarked (contenders: {', '.join(contenders)})")
+                raise ValueError(
+                    f"{kind!r} is overridden but not benchmarked (contenders: {', '.join(contenders)})"
+                )
         for kind, params in builds.items():
             check_build_params(kind, params)
         grids = {kind: plan_grid(kind, sweeps.get(kind, {})) for kind in contenders}
@@ -663,7 +677,8 @@ def bench(
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("starting", total=steps)
         for kind in contenders:
-            found, failed = run_contender(kind, grids[kind][0], builds.get(kind, {}), data, truth, k, progress, task)
+            grid, overrides = grids[kind][0], builds.get(kind, {})
+            found, failed = run_contender(kind, grid, overrides, data, truth, k, progress, task)
             results += found
             skipped += failed
     report(results, skipped, data, k, out)

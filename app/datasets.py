@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from indexes import METRICS
+from indexes.base import normalize_rows
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_METRIC = {"glove": "cosine", "fashion": "l2"}
@@ -68,7 +69,10 @@ def load_dataset(
         base, queries = _hold_out(rows, n_queries, seed)
     metric = metric or DEFAULT_METRIC.get(name)
     if metric is None:
-        raise ValueError(f"--metric is required for a dataset file ({name}); expected one of {', '.join(METRICS)}")
+        raise ValueError(
+            f"--metric is required for a dataset file ({name}); "
+            f"expected one of {', '.join(METRICS)}"
+        )
     if metric not in METRICS:
         raise ValueError(f"--metric: expected one of {', '.join(METRICS)}, got {metric!r}")
     if limit is not None:
@@ -118,14 +122,16 @@ def read_idx_images(path: Path) -> np.ndarray:
 def _vector_file(path: Path) -> tuple[np.ndarray, str]:
     if not path.exists():
         raise ValueError(
-            f"dataset {str(path)!r}: expected 'glove', 'fashion' or an existing .npy/.fvecs file, got no such file"
+            f"dataset {str(path)!r}: expected 'glove', 'fashion' or an existing .npy/.fvecs file, "
+            "got no such file"
         )
     if path.suffix == ".npy":
         rows = np.load(path, mmap_mode="r")
     elif path.suffix == ".fvecs":
         rows = read_fvecs(path)
     else:
-        raise ValueError(f"dataset {str(path)!r}: expected a .npy or .fvecs file, got {path.suffix or 'no extension'!r}")
+        suffix = path.suffix or "no extension"
+        raise ValueError(f"dataset {str(path)!r}: expected a .npy or .fvecs file, got {suffix!r}")
     if rows.ndim != 2 or rows.shape[0] < 2:
         raise ValueError(f"dataset {str(path)!r}: expected a 2-D array (n, dim), got shape {rows.shape}")
     stat = path.stat()
@@ -178,7 +184,7 @@ def ground_truth(data: Dataset, k: int, directory: Path | None = None) -> np.nda
             return truth
     base, queries = data.base, data.queries
     if data.metric == "cosine":
-        base, queries = _normalised(base), _normalised(queries)
+        base, queries = normalize_rows(base), normalize_rows(queries)
     flat = faiss.IndexFlatL2(data.dim) if data.metric == "l2" else faiss.IndexFlatIP(data.dim)
     flat.add(base)
     _, truth = flat.search(queries, min(k, base.shape[0]))
@@ -188,7 +194,3 @@ def ground_truth(data: Dataset, k: int, directory: Path | None = None) -> np.nda
     tmp.replace(path)  # atomic, so a killed run never leaves half a cache file
     return truth
 
-
-def _normalised(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.where(norms == 0, 1, norms), dtype=np.float32)

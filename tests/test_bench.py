@@ -49,7 +49,8 @@ def test_bench_end_to_end_with_peers(tmp_path: Path, glove_npy: Path) -> None:
     result = invoke(
         tmp_path, "--dataset", str(glove_npy), "--metric", "cosine", "--queries", "100",
         "--kinds", "flat,hnswlib,forest", "--out", str(out),
-        "--sweep", "hnswlib:ef=10,100", "--sweep", "forest:search_k=100,1000", "--sweep", "annoy:search_k=100,2000",
+        "--sweep", "hnswlib:ef=10,100", "--sweep", "forest:search_k=100,1000",
+        "--sweep", "annoy:search_k=100,2000",
         "--sweep", "faiss_lsh:nbits_per_dim=2,4", "--build-params", "hnswlib:M=8,annoy:n_trees=10",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -124,7 +125,8 @@ def test_missing_dataset_file_says_what_was_expected(tmp_path: Path) -> None:
 
 
 def test_overhead_mode_compares_wrapper_and_raw_library(tmp_path: Path, glove_npy: Path) -> None:
-    result = invoke(tmp_path, "--dataset", str(glove_npy), "--metric", "cosine", "--kinds", "flat", "--overhead")
+    args = ["--dataset", str(glove_npy), "--metric", "cosine", "--kinds", "flat", "--overhead"]
+    result = invoke(tmp_path, *args)
     assert result.exit_code == 0, result.output
     assert "wrapper/raw" in result.output and "100.0%" in result.output  # same ids as the raw call
 
@@ -161,4 +163,7 @@ def test_override_parsing() -> None:
         "hnsw": {"M": 32, "ef_construction": 200},
         "ivf_flat": {"nlist": 512},
     }
-    assert parse_sweeps(["hnsw:ef=10,20", "ivf_pq:rerank=1,4"]) == {"hnsw": {"ef": [10, 20]}, "ivf_pq": {"rerank": [1, 4]}}
+    assert parse_sweeps(["hnsw:ef=10,20", "ivf_pq:rerank=1,4"]) == {
+        "hnsw": {"ef": [10, 20]},
+        "ivf_pq": {"rerank": [1, 4]},
+    }
