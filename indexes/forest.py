@@ -511,7 +511,8 @@ def _search_batch(
     code_scale * code) and the best `rerank` of them re-scored exactly on `data` (n, dim).
     `visited` (n,) uint8 and `generation` (1,) uint8 are the caller's scratch: a row counts
     as seen for this query when visited[row] == the query's generation, so the markers are
-    cleared only once every 255 queries (one byte a row keeps them in the L2 cache). `pq_*` is the caller's preallocated priority queue.
+    cleared only once every 255 queries (one byte a row keeps them in the L2 cache).
+    `pq_*` is the caller's preallocated priority queue.
     """
     nq, dim = queries.shape
     tree_query = np.empty(dim, dtype=np.float32)
