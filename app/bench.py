@@ -273,7 +273,7 @@ def plan_grid(
 ) -> tuple[dict[str, list[Any]], list[str]]:
     """The knob grid for `kind`: SWEEPS with user overrides. Default knobs the kind does not know
     (yet) are dropped with a note; an unknown knob the user asked for is an error."""
-    build_names, search_names = known_knobs(kind)
+    _, search_names = known_knobs(kind)
     accepted = search_names | (PEERS[kind].build_knobs if kind in PEERS else set())
     for name in overrides:
         if name not in accepted:
@@ -548,7 +548,8 @@ def report(results: list[Result], skipped: list[str], data: Dataset, k: int, out
         f"({os.cpu_count()} CPUs; Annoy has no batch call); build s: train + add, library threads allowed"
     )
     lines = [f"# annserve bench: {context}", "", method, "", *summary_lines(results)]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    skips = ["", "Skipped:", *(f"- {line}" for line in skipped)] if skipped else []
+    (out / "summary.md").write_text("\n".join(lines + skips) + "\n")
     console.print("\n".join(lines[2:]), highlight=False, markup=False)
     write_csv(results, out / "results.csv")
     written = ["results.csv", "summary.md"]

@@ -96,6 +96,7 @@ def test_failing_kind_is_reported_and_skipped(
     assert result.exit_code == 0, result.output
     assert "broken" in result.output and "half-written kind" in result.output
     assert [row["kind"] for row in read_rows(out)] == ["flat"]
+    assert "half-written kind" in (out / "summary.md").read_text()
 
 
 @pytest.mark.parametrize(
