@@ -39,6 +39,7 @@ class _EfGate:
     def __init__(self, set_ef: Any, ef: int) -> None:
         self._cond = threading.Condition()
         self._set_ef = set_ef
+        set_ef(ef)
         self._ef = ef  # the ef the hnswlib index holds now
         self._mode: Any = ef
         self._active = 0
@@ -103,7 +104,6 @@ class HnswlibIndex(Index):
             ef_construction=self.build_params["ef_construction"],
         )
         self._gate = _EfGate(self.library_index.set_ef, self.search_params["ef"])
-        self.library_index.set_ef(self.search_params["ef"])
 
     def _check_param(self, name: str, value: Any) -> Any:
         # hnswlib needs at least two links per node to build a connected graph.

@@ -186,7 +186,7 @@ def test_bad_input_names_expected_and_received(kind, built):
         raises(lambda: index.search(q, K, **{name: "many"}), name)
     raises(lambda: index.add(q, np.arange(3)), "(2,)", "(3,)")
     raises(lambda: index.add(q, np.array([-1, 5])), "ids")
-    raises(lambda: create_index(kind, dim, "cosine", no_such_build=1), "no_such_build", got=False)
+    raises(lambda: create_index(kind, dim, first_metric(kind), no_such_build=1), "no_such_build", got=False)
     for name in INDEX_KINDS[kind].build_defaults:
         raises(lambda: create_index(kind, dim, first_metric(kind), **{name: -1}), name)
         raises(lambda: create_index(kind, dim, first_metric(kind), **{name: "x"}), name)
