@@ -32,6 +32,12 @@ Metrics, and why all three are served:
   with M the largest training norm, q -> [q / |q|, 0]; on the lifted unit sphere the
   nearest neighbour in angle is the maximum inner product. Rows added later with a norm above
   M are lifted with a zero last coordinate (hashed by direction only); re-scoring is exact.
+  Honest figures: raw GloVe (norms spread over 10x) is a hard MIPS case. At 10K rows the
+  defaults give recall@10 0.97; at 399K rows 0.53 (probes=24), 0.70 (48), 0.86 (96, about
+  15K rows re-scored). Norm-ranging the lift (one M per norm quantile, Yan et al. 2018)
+  was tried and was worse here (0.14-0.31 at 24 probes): the true answers are the long
+  rows, and short rows of every range crowd the probed buckets. Normalise and use
+  `cosine` where the norm carries no meaning; use a graph or IVF kind for large ip sets.
 - `l2`: a hyperplane with a data-dependent offset is itself a locality-sensitive partition
   for Euclidean distance (two points are separated with a probability that grows with their
   distance along the normal), so the same tables serve l2 without a separate p-stable
