@@ -32,8 +32,9 @@ class _EfGate:
     """A lock that admits any number of holders of the same mode, or one exclusive holder.
 
     Modes are ef values for searches; `exclusive()` is for writers. A newcomer whose mode is
-    current still waits while others are queued for a different mode, so a steady stream
-    of default-ef searches cannot starve an override.
+    current still waits while others are queued, so the running group drains and a queued
+    override gets its turn under a steady stream of default-ef searches (which waiter wins
+    once the group has drained is up to the scheduler).
     """
 
     def __init__(self, set_ef: Any, ef: int) -> None:
