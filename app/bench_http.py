@@ -35,6 +35,7 @@ import numpy as np
 import orjson
 import typer
 
+JSON = {"content-type": "application/json"}
 WRK_SCRIPT = """
 local bodies = {}
 local i = 0
@@ -106,7 +107,9 @@ class ServerProcess:
         command = [annserve] if annserve else [sys.executable, "-c", "from app.cli import main; main()"]
         command += ["serve", "--port", str(self.port), "--data-dir", str(data_dir)]
         self.log = open(data_dir.parent / "server.log", "wb")
-        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+        self.proc = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **env}
+        )
 
     def wait_ready(self, client: httpx.Client, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -120,6 +123,11 @@ class ServerProcess:
                 pass
             time.sleep(0.1)
         raise SystemExit("server not ready in time")
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server process, all threads (Linux /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -155,7 +163,7 @@ def ingest(url: str, name: str, ids: list[str], x: np.ndarray, b64: bool, batch:
     def send(part: list[bytes]) -> None:
         with httpx.Client(base_url=url, timeout=600) as client:
             for body in part:
-                r = client.post(f"/collections/{name}/vectors", content=body, headers={"content-type": "application/json"})
+                r = client.post(f"/collections/{name}/vectors", content=body, headers=JSON)
                 r.raise_for_status()
 
     start = time.perf_counter()
@@ -166,11 +174,14 @@ def ingest(url: str, name: str, ids: list[str], x: np.ndarray, b64: bool, batch:
 
 def search_bodies(queries: np.ndarray, k: int, params: dict) -> list[bytes]:
     return [
-        orjson.dumps({"vector": q, "k": k, "params": params}, option=orjson.OPT_SERIALIZE_NUMPY) for q in queries
+        orjson.dumps({"vector": q, "k": k, "params": params}, option=orjson.OPT_SERIALIZE_NUMPY)
+        for q in queries
     ]
 
 
-def recall_at(client: httpx.Client, name: str, queries: np.ndarray, truth: np.ndarray, k: int, params: dict) -> float:
+def recall_at(
+    client: httpx.Client, name: str, queries: np.ndarray, truth: np.ndarray, k: int, params: dict
+) -> float:
     found = []
     for lo in range(0, len(queries), 500):
         body = orjson.dumps(
@@ -187,7 +198,6 @@ def latencies(client: httpx.Client, name: str, bodies: list[bytes], seconds: flo
     """Sequential searches on one keep-alive connection: (latencies in s, failures)."""
     out, failures, i = [], 0, 0
     deadline = time.monotonic() + seconds if seconds else None
-    headers = {"content-type": "application/json"}
     while True:
         if stop is not None and stop.is_set():
             break
@@ -199,7 +209,7 @@ def latencies(client: httpx.Client, name: str, bodies: list[bytes], seconds: flo
         i += 1
         t0 = time.perf_counter()
         try:
-            r = client.post(f"/collections/{name}/search", content=body, headers=headers)
+            r = client.post(f"/collections/{name}/search", content=body, headers=JSON)
             ok = r.status_code == 200
         except httpx.HTTPError:
             ok = False
@@ -215,7 +225,8 @@ def wrk(url: str, bodies: list[bytes], workdir: Path, connections: int, seconds:
     script, data = workdir / "search.lua", workdir / "bodies.jsonl"
     script.write_text(WRK_SCRIPT)
     data.write_bytes(b"\n".join(bodies) + b"\n")
-    command = [exe, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url, "--", str(data)]
+    command = [exe, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
+    command += ["--", str(data)]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
     for pct in ("50", "99"):
@@ -250,6 +261,7 @@ def bench_http(
 ) -> None:
     """Measure the service over HTTP: ingest, recall, latency, throughput, search during a rebuild."""
     k = 10
+    load_before = f"{os.getloadavg()[0]:.1f}"
     t0 = time.perf_counter()
     try:
         base, qs, source = (synthetic if data == "synthetic" else fashion_pca)(n, queries, dim)
@@ -272,11 +284,16 @@ def bench_http(
         client.post("/collections", json=body).raise_for_status()
         ids = [str(i) for i in range(n)]
         half = n // 2
+        cpu = server.cpu_seconds()
         rate_json = ingest(server.url, name, ids[:half], base[:half], False, 1000, ingest_clients)
+        cpu_json, cpu = (server.cpu_seconds() - cpu) / half, server.cpu_seconds()
         rate_b64 = ingest(server.url, name, ids[half:], base[half:], True, 1000, ingest_clients)
+        cpu_b64 = (server.cpu_seconds() - cpu) / (n - half)
         rows += [
             (f"ingest, JSON lists, {ingest_clients} conns (vec/s)", f"{rate_json:,.0f}", ">= 20,000"),
+            ("  server CPU per vector (us)", f"{cpu_json * 1e6:.0f}", ""),
             (f"ingest, base64, {ingest_clients} conns (vec/s)", f"{rate_b64:,.0f}", ">= 20,000"),
+            ("  server CPU per vector (us)", f"{cpu_b64 * 1e6:.0f}", ""),
         ]
         print(f"ingest: {rate_json:,.0f} vec/s (JSON), {rate_b64:,.0f} vec/s (base64)")
 
@@ -288,7 +305,7 @@ def bench_http(
 
         # The smallest ef reaching the target recall on these queries.
         ef, recall = None, 0.0
-        for ef in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512):
+        for ef in (10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512):
             recall = recall_at(client, name, qs, truth, k, {"ef": ef} if kind in ("hnswlib", "hnsw") else {})
             print(f"  ef={ef}: recall@10 {recall:.3f}")
             if recall >= target_recall or kind not in ("hnswlib", "hnsw"):
@@ -303,11 +320,15 @@ def bench_http(
             ("single client p50 (ms)", f"{pct_ms(lat, 50):.2f}", "< 2"),
             ("single client p99 (ms)", f"{pct_ms(lat, 99):.2f}", ""),
         ]
-        print(f"single client: p50 {pct_ms(lat, 50):.2f} ms, p99 {pct_ms(lat, 99):.2f} ms, failures {failures}")
+        print(f"single client: p50 {pct_ms(lat, 50):.2f} ms, p99 {pct_ms(lat, 99):.2f} ms, "
+              f"failures {failures}")
 
+        cpu = server.cpu_seconds()
         result = wrk(f"{server.url}/collections/{name}/search", bodies, workdir, connections, seconds)
+        cpu_search = (server.cpu_seconds() - cpu) / result["requests"]
         rows += [
             (f"throughput, {connections} conns (searches/s)", f"{result['rps']:,.0f}", ">= 2,000"),
+            ("  server CPU per search (us)", f"{cpu_search * 1e6:.0f}", ""),
             (f"  wrk p50 / p99 (ms)", f"{result['p50_ms']:.2f} / {result['p99_ms']:.2f}", ""),
             ("  wrk failures", f"{result['failures']} of {result['requests']}", "0"),
         ]
@@ -315,8 +336,9 @@ def bench_http(
 
         # Searches during a rebuild: the same single-client loop, before and while it runs.
         before, fail_before = latencies(client, name, bodies, seconds=8)
-        client.post(f"/collections/{name}/vectors", content=orjson.dumps(
-            {"items": [{"id": "extra", "vector": qs[0]}]}, option=orjson.OPT_SERIALIZE_NUMPY)).raise_for_status()
+        # One more item, so that the rebuild has something new to index.
+        extra = orjson.dumps({"items": [{"id": "extra", "vector": qs[0]}]}, option=orjson.OPT_SERIALIZE_NUMPY)
+        client.post(f"/collections/{name}/vectors", content=extra).raise_for_status()
         job_id = client.post(f"/collections/{name}/rebuild", json={}).json()["job_id"]
         stop = threading.Event()
 
@@ -344,6 +366,8 @@ def bench_http(
 
     width = max(len(r[0]) for r in rows)
     print(f"\nannserve bench-http: {n} x {dim}, {kind}, cosine; data: {source}")
+    load_after = f"{os.getloadavg()[0]:.1f}"
+    print(f"machine: {os.cpu_count()} CPUs, load average {load_before} before, {load_after} after")
     print(f"{'measure'.ljust(width)}  {'value':>22}  target")
     for label, value, target in rows:
         print(f"{label.ljust(width)}  {value:>22}  {target}")

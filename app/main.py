@@ -24,8 +24,8 @@ from .api.hot_path import HotPathMiddleware
 from .api.metrics import MetricsMiddleware, ServiceMetrics
 from .api.raw_body import RAW_BODY_MODELS
 from .errors import Conflict, NotFound
-from .schemas import ErrorDetail
 from .manager import CollectionManager
+from .schemas import ErrorDetail
 from .settings import Settings
 
 log = logging.getLogger("annserve")
@@ -173,7 +173,8 @@ def _openapi(app: FastAPI) -> dict:
         for operation in (op for path in schema["paths"].values() for op in path.values()):
             response = operation.get("responses", {}).get("422")
             if response and "HTTPValidationError" in str(response):
-                response["content"]["application/json"]["schema"] = {"$ref": "#/components/schemas/ErrorDetail"}
+                schema_ref = {"$ref": "#/components/schemas/ErrorDetail"}
+                response["content"]["application/json"]["schema"] = schema_ref
                 components.setdefault("ErrorDetail", ErrorDetail.model_json_schema())
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)

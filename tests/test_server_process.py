@@ -44,13 +44,17 @@ class Server:
         command += ["serve", "--port", str(port), "--data-dir", str(self.data_dir)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "ANNSERVE_LOG_LEVEL": "info"}
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "ANNSERVE_LOG_LEVEL": "info"},
             )
         client = httpx.Client(base_url=self.url, timeout=30.0)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+                log = self.log_path.read_text()
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{log}")
             try:
                 if client.get("/readyz").status_code == 200:
                     return client
@@ -84,7 +88,8 @@ def server(tmp_path):
 
 def upsert(client: httpx.Client, ids: list[str], vectors: np.ndarray) -> None:
     for lo in range(0, len(ids), BATCH):
-        items = [{"id": i, "vector": v} for i, v in zip(ids[lo : lo + BATCH], vectors[lo : lo + BATCH].tolist())]
+        rows = zip(ids[lo : lo + BATCH], vectors[lo : lo + BATCH].tolist())
+        items = [{"id": i, "vector": v} for i, v in rows]
         response = client.post("/collections/glove/vectors", json={"items": items})
         assert response.status_code == 200, response.text
         assert response.json() == {"upserted": len(items)}

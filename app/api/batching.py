@@ -75,10 +75,12 @@ class SearchBatcher:
         self._start_pending = False
         if not self._queue or self._in_flight >= self.max_in_flight:
             return
-        if len(self._queue) == 1 and self._in_flight == 0:
-            # A lone query (no other request was ready to queue): the loop has nothing else to
-            # do, so answer it here and spare the hand-off to a pool thread and back, two
-            # thread wake-ups that cost most on busy cores.
+        lone = self._queue[0]
+        if len(self._queue) == 1 and self._in_flight == 0 and len(lone.queries) == 1 and not lone.exact:
+            # A lone approximate query (no other request was ready to queue): the loop has
+            # nothing else to do, so answer it here and spare the hand-off to a pool thread and
+            # back, two thread wake-ups that cost most on busy cores. Batches and brute-force
+            # searches, which may take long, never block the loop.
             batch = [self._queue.popleft()]
             _deliver(batch, _run(batch))
             return

@@ -50,11 +50,12 @@ class HotPathMiddleware:
             path: str = scope["path"]
             if path.startswith(_PREFIX):
                 if path.endswith("/search"):
-                    name, suffix, answer = path[len(_PREFIX) : -len("/search")], "/search", answer_search
+                    suffix, answer = "/search", answer_search
                 elif path.endswith("/search/batch"):
-                    name, suffix, answer = path[len(_PREFIX) : -len("/search/batch")], "/search/batch", answer_batch
+                    suffix, answer = "/search/batch", answer_batch
                 else:
-                    name = ""
+                    suffix = ""
+                name = path[len(_PREFIX) : -len(suffix)] if suffix else ""
                 if name and "/" not in name:
                     scope["route"] = _ROUTES[suffix]  # metrics label by the route template
                     await self._answer(answer, name, scope, receive, send)

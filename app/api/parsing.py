@@ -107,7 +107,9 @@ def decode_b64(value: Any, dim: int, what: str, rows: int | None = 1) -> bytes:
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"{what}: expected base64 of little-endian float32, got invalid base64 ({exc})") from None
+        raise ValueError(
+            f"{what}: expected base64 of little-endian float32, got invalid base64 ({exc})"
+        ) from None
     row_bytes = 4 * dim
     if rows == 1 and len(raw) != row_bytes:
         raise ValueError(
@@ -148,7 +150,8 @@ def check_finite(arr: np.ndarray, what: str) -> np.ndarray:
         where = np.argwhere(bad)[0].tolist()
         raise ValueError(
             f"{what}: expected finite numbers, got {int(bad.sum())} NaN/Inf value(s) "
-            f"(first at index {where if len(where) > 1 else where[0]}; numbers beyond float32 range count too)"
+            f"(first at index {where if len(where) > 1 else where[0]}; "
+            "numbers beyond float32 range count too)"
         )
     return arr
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import State
 
-from ..deps import path_collection, ready_manager
+from ..deps import path_collection
 from ..schemas import BatchSearchRequest, BatchSearchResponse, SearchRequest, SearchResponse, error_responses
 from .parsing import (
     dumps,
@@ -65,7 +65,9 @@ async def answer_search(state: State, collection: Any, raw: bytes) -> dict:
     k, params, exact = get_k(body, state.settings.max_k), get_params(body), get_bool(body, "exact")
     given = [name for name in ("vector", "vector_b64", "id") if name in body]
     if len(given) != 1:
-        raise ValueError(f"request body: expected exactly one of vector, vector_b64, id; got {given or 'none'}")
+        raise ValueError(
+            f"request body: expected exactly one of vector, vector_b64, id; got {given or 'none'}"
+        )
     exclude = None
     if "vector" in body:
         query = vector_from_list(body["vector"], collection.dim).reshape(1, -1)

@@ -69,7 +69,9 @@ def parse_items(items, dim: int, max_items: int) -> tuple[list[str], np.ndarray,
             )
         item_id = item.get("id")
         if not isinstance(item_id, str) or not 1 <= len(item_id) <= MAX_ID_CHARS:
-            raise ValueError(f"items[{i}].id: expected a string of 1 to {MAX_ID_CHARS} characters, got {item_id!r}")
+            raise ValueError(
+                f"items[{i}].id: expected a string of 1 to {MAX_ID_CHARS} characters, got {item_id!r}"
+            )
         payload = item.get("payload")
         if payload is not None and not isinstance(payload, dict):
             raise ValueError(f"items[{i}].payload: expected an object or null, got {type(payload).__name__}")
