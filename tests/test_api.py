@@ -482,3 +482,19 @@ def test_concurrent_searches_are_batched_and_answered_alike(tmp_path, glove):
     assert [status for status, _ in alone[-3:]] == [422] * 3 and "nprobe" in alone[-1][1]["detail"]
     assert all(status == 200 for status, _ in alone[:-3])
     assert max(batch_calls) > 1, batch_calls  # some engine calls did serve several requests
+
+
+def test_not_ready_when_the_collections_cannot_be_opened(tmp_path):
+    """/readyz (and every engine route) answers 503 with the reason; /healthz too, so a
+    supervisor restarts the process instead of routing traffic to it."""
+    not_a_directory = tmp_path / "data"
+    not_a_directory.write_text("")
+    with TestClient(create_app(Settings(data_dir=not_a_directory)), raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/healthz").status_code == 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        detail = error(client.get("/readyz"), 503, "opening the collections failed")
+        assert error(client.get("/healthz"), 503) == detail
+        error(client.get("/collections"), 503, "opening the collections failed")
+        error(client.post("/collections/x/search", json={"vector": [1.0]}), 503)
