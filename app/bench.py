@@ -459,18 +459,20 @@ def summary_lines(results: list[Result]) -> list[str]:
 
 
 def print_table(results: list[Result]) -> None:
+    """One row per point; kind, build and its cost are shown once per build, so the knob stands out."""
     table = Table(title="recall vs speed", show_lines=False)
-    for column in ("kind", "build", "search", "recall", "QPS 1-thr", "QPS batch", "build s", "MB"):
+    for column in ("kind", "build", "build s", "MB", "search", "recall", "QPS 1-thr", "QPS batch"):
         if column in ("kind", "build", "search"):
             table.add_column(column, overflow="fold")  # parameters wrap rather than vanish in "…"
         else:
             table.add_column(column, justify="right", no_wrap=True)
+    previous = None
     for r in results:
+        build = (r.kind, _compact(r.build_params), f"{r.build_s:.2f}", f"{r.memory_bytes / 2**20:.1f}")
         batch = f"{r.qps_batch:,.0f}" if r.qps_batch is not None else "-"
-        table.add_row(
-            r.kind, _compact(r.build_params), _compact(r.search_params), f"{r.recall:.3f}",
-            f"{r.qps_single:,.0f}", batch, f"{r.build_s:.2f}", f"{r.memory_bytes / 2**20:.1f}",
-        )  # fmt: skip
+        shown = build if build != previous else ("",) * len(build)
+        table.add_row(*shown, _compact(r.search_params), f"{r.recall:.3f}", f"{r.qps_single:,.0f}", batch)
+        previous = build
     console.print(table)
 
 
@@ -647,6 +649,8 @@ def bench(
     seed: int = typer.Option(0, help="seed for the held-out queries"),
 ) -> None:
     """Recall vs QPS of every index kind (and peers): table, results.csv, recall_vs_qps.png."""
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 160  # a log file has no width; 80 columns would fold every parameter
     try:
         chosen = select_kinds(kinds)
         contenders = chosen + (list(PEERS) if peers and not overhead_mode else [])
