@@ -43,7 +43,7 @@ class _Request:
 
     def group(self) -> tuple:
         params = orjson.dumps(self.params, option=orjson.OPT_SORT_KEYS) if self.params else b""
-        return (id(self.collection), self.k, params, self.exact)
+        return (self.collection, self.k, params, self.exact)  # the collection by identity
 
 
 class SearchBatcher:
