@@ -48,17 +48,19 @@ recall per re-scored row and memory (4 bytes per row per table, plus 2**K * 4 by
 more bits make smaller buckets (fewer candidates per probe, lower recall per probe); more
 probes raise recall at the cost of candidates to re-score.
 
-Measured on GloVe 6B 50d (399K rows, cosine, 1000 held-out queries, one query per call,
-one thread, on a shared 2-core box), defaults n_tables=64, n_bits=17 (resolved), 209 MiB
-in all; FAISS IndexFlatIP took 3.5-5 ms of CPU per query in the same runs:
+Measured on GloVe 6B 50d (399K rows, cosine, 1000 held-out queries, one query per call
+through `search`, one thread, shared 2-core box), defaults n_tables=64, n_bits=17
+(resolved), 209 MiB in all; FAISS IndexFlatIP took 3.5-3.9 ms of CPU per query in the same
+run (/tmp script, interleaved rounds, medians):
 
     probes  recall@10  rows re-scored  CPU ms/query  vs flat
-       8      0.784        2623            0.33        x14
-      12      0.865        3763            0.52        x9
-      16      0.907        4846            0.54        x9
-      24      0.949        6904            0.72        x6.5   <- default
-      32      0.968        8846            0.89        x5
-      48      0.986       12495            1.31        x3.4
+       8      0.784        2623            0.25        x14.6
+      12      0.865        3763            0.37        x10.7
+      16      0.907        4846            0.42        x8.6
+      20      0.933        5891            0.55        x6.8
+      24      0.949        6904            0.58        x6.0   <- default
+      32      0.968        8846            0.78        x4.6
+      48      0.986       12495            1.16        x3.3
 
 Fewer tables (32) needed about twice the probes for the same recall; more bits (19-20)
 re-scored fewer rows (0.90 at ~3000-3700) but visited so many more buckets that they were
