@@ -558,7 +558,8 @@ class LSHIndex(Index):
 
     def _run(self, q: np.ndarray, k: int, probes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # One kernel call per search and nothing else on the Python side: single-query
-        # latency is what a service sees.
+        # latency is what a service sees. A table has only 2**n_bits buckets to visit.
+        probes = min(probes, 1 << self.build_params["n_bits"])
         args = (
             q, self._planes_t, self._bias, self.build_params["n_tables"],
             self.build_params["n_bits"], probes, k, self._metric_code, self._offsets,
