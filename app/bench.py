@@ -57,6 +57,7 @@ SWEEPS: dict[str, dict[str, list[Any]]] = {
     "annoy": {"search_k": SEARCH_K_VALUES},
     "faiss_lsh": {"nbits_per_dim": [2, 4, 8, 16]},  # a build knob: one index per value
 }
+FAISS_LSH_MAX_BITS = 4096  # its random rotation costs ~nbits^3 to build: 12,544 bits (784 x 16) hang
 PEER_BUILD_DEFAULTS: dict[str, dict[str, Any]] = {"annoy": {"n_trees": 50}, "faiss_lsh": {}}
 RECALL_TARGETS = (0.90, 0.95)
 OVERHEAD_KINDS = ("flat", "ivf_flat", "ivf_pq", "pq", "hnsw", "hnswlib")
@@ -181,7 +182,13 @@ class FaissLSHContender:
         import faiss
 
         per_dim = params.get("nbits_per_dim", 4)
-        self.params = {"nbits_per_dim": per_dim, "nbits": per_dim * data.dim}
+        nbits = per_dim * data.dim
+        if nbits > FAISS_LSH_MAX_BITS:
+            raise ValueError(
+                f"nbits={nbits} is above {FAISS_LSH_MAX_BITS}: FAISS orthonormalises a square "
+                f"nbits x nbits rotation, which takes minutes to hours past that"
+            )
+        self.params = {"nbits_per_dim": per_dim, "nbits": nbits}
         self.index = faiss.IndexLSH(data.dim, self.params["nbits"])
         self.index.train(data.base)
         self.index.add(data.base)
