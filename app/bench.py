@@ -643,10 +643,10 @@ def select_kinds(kinds: Optional[str]) -> list[str]:
 
 def bench(
     dataset: str = typer.Option("glove", help="'glove', 'fashion', or a .npy/.fvecs file (then --metric)"),
-    metric: Optional[str] = typer.Option(None, help="cosine, ip or l2 [default: the dataset's own]"),
-    kinds: Optional[str] = typer.Option(None, help="comma list of index kinds [default: all]"),
+    metric: Optional[str] = typer.Option(None, help="cosine, ip or l2 (default: the dataset's own)"),
+    kinds: Optional[str] = typer.Option(None, help="comma list of index kinds (default: all)"),
     limit: Optional[int] = typer.Option(None, help="use only the first N base rows (quick runs)"),
-    queries: int = typer.Option(1000, help="number of queries (held out of the base, seeded)"),
+    queries: int = typer.Option(1000, help="held out of the base, seeded (fashion: first test images)"),
     k: int = typer.Option(10, help="neighbours per query; recall is recall@k"),
     out: Path = typer.Option(Path("bench-results"), help="output directory"),
     peers: bool = typer.Option(True, help="also run Annoy and FAISS IndexLSH"),
