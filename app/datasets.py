@@ -62,11 +62,6 @@ def load_dataset(
         raise ValueError(f"--queries: expected at least 1 query, got {n_queries}")
     if limit is not None and limit < 1:
         raise ValueError(f"--limit: expected at least 1 base row, got {limit}")
-    if name == "fashion":
-        (base, queries), source = _fashion(n_queries), "fashion"
-    else:
-        rows, source = (_glove(), "glove") if name == "glove" else _vector_file(Path(name))
-        base, queries = _hold_out(rows, n_queries, seed)
     metric = metric or DEFAULT_METRIC.get(name)
     if metric is None:
         raise ValueError(
@@ -75,6 +70,11 @@ def load_dataset(
         )
     if metric not in METRICS:
         raise ValueError(f"--metric: expected one of {', '.join(METRICS)}, got {metric!r}")
+    if name == "fashion":
+        (base, queries), source = _fashion(n_queries), "fashion"
+    else:
+        rows, source = (_glove(), "glove") if name == "glove" else _vector_file(Path(name))
+        base, queries = _hold_out(rows, n_queries, seed)
     if limit is not None:
         base = base[:limit]
     base = np.ascontiguousarray(base, dtype=np.float32)
@@ -101,8 +101,11 @@ def _fashion(n_queries: int) -> tuple[np.ndarray, np.ndarray]:
     for path in (train, test):
         if not path.exists():
             raise ValueError(f"dataset 'fashion': {path} is missing; install it with {INSTALL_FASHION}")
+    test_images = read_idx_images(test)
+    if n_queries > test_images.shape[0]:
+        raise ValueError(f"--queries: fashion has {test_images.shape[0]} test images, got {n_queries}")
     base = read_idx_images(train).astype(np.float32) / 255.0
-    queries = read_idx_images(test)[:n_queries].astype(np.float32) / 255.0
+    queries = test_images[:n_queries].astype(np.float32) / 255.0
     return base, queries
 
 
