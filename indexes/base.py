@@ -88,14 +88,15 @@ def as_ids(ids: Any, n: int) -> np.ndarray:
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
     """Unit-normalise rows for cosine; a zero row cannot be compared by angle."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    zero = np.flatnonzero(norms[:, 0] == 0)
-    if zero.size:
+    # einsum avoids np.linalg.norm's temporaries: this runs on every single-query search.
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    if not norms.all():
+        zero = np.flatnonzero(norms == 0)
         raise ValueError(
             f"cosine metric: expected non-zero vectors, got {zero.size} all-zero rows "
             f"(first: row {int(zero[0])})"
         )
-    return np.ascontiguousarray(x / norms, dtype=np.float32)
+    return x / norms[:, None]
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -257,8 +258,9 @@ class Index:
 
     def _pad(self, ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         nq, got = ids.shape
-        # Libraries pad short rows with -1 ids but arbitrary scores; normalise them.
-        scores = np.where(ids < 0, np.float32(worst_score(self.metric)), scores).astype(np.float32)
+        missing = ids < 0
+        if missing.any():  # libraries pad short rows with -1 ids but arbitrary scores
+            scores = np.where(missing, np.float32(worst_score(self.metric)), scores)
         if got >= k:
             return ids[:, :k], scores[:, :k]
         pad_ids = np.full((nq, k - got), -1, dtype=np.int64)
