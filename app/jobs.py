@@ -8,6 +8,7 @@ parallel), so running two at once would only make both slower and double the pea
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import uuid
@@ -20,6 +21,10 @@ from .errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
 
+# Rebuilds run at a lower CPU priority (nice +10) so that searches win the cores while one runs:
+# p99 during a rebuild went from 6.5-9.3x to 2.8-3.5x the idle p99 on 2 cores (bench-http A/B).
+# Linux nice values are per thread and inherited, so hnswlib's and FAISS's build threads follow.
+JOB_NICENESS = 10
 KEEP_FINISHED = 1000  # finished jobs remembered for GET /jobs/{id}; older ones are forgotten
 ACTIVE = ("queued", "running")
 
@@ -103,6 +108,7 @@ class JobRegistry:
             return self._active.get(collection)
 
     def _run(self) -> None:
+        _lower_priority_of_this_thread(JOB_NICENESS)
         while True:
             item = self._queue.get()
             if item is None:
@@ -136,3 +142,10 @@ class JobRegistry:
             self._closed = True
         self._queue.put(None)
         self._worker.join(timeout)
+
+
+def _lower_priority_of_this_thread(niceness: int) -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError) as exc:  # not Linux, or not permitted: run at normal priority
+        log.info("could not lower the job thread's priority: %s", exc)
