@@ -406,7 +406,8 @@ def test_auto_picks_by_size_and_budget():
 
     assert pick_kind(99_999, 384, 0)[0] == "flat"
     assert pick_kind(1_000_000, 384, 0)[0] == "hnswlib"
-    assert pick_kind(1_000_000, 384, 10**9)[0] == "ivf_pq"  # 1.5 GB of vectors over a 1 GB budget
+    # 1.5 GB of vectors over a 1 GB budget: 8-bit re-ranking copies, not float32 ones.
+    assert pick_kind(1_000_000, 384, 10**9) == ("ivf_pq", {"refine": "sq8"})
 
 
 # ---- the manager and input checks ----
