@@ -56,12 +56,8 @@ from typing import Any
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
-
 from .base import Index, check_positive_int
+from .prefetch import prefetch
 
 _JIT = dict(nogil=True, cache=True, fastmath=True)
 _TWO_MEANS_STEPS = 200  # Annoy's ITERATION_STEPS
@@ -270,30 +266,6 @@ def _build_tree(data, leaf_size, keep_dim, seed):
 # ----------------------------------------------------------------------------- search
 
 
-@intrinsic
-def _prefetch(typingctx, array, row, col):
-    """Hint the CPU to fetch the cache line of array[row, col] (2-D) or array[row] (1-D, col
-    ignored); no effect on results.
-
-    Scoring a leaf's points is bound by memory latency (rows are scattered over a large
-    array); fetching all of a leaf's rows before scoring them overlaps those misses.
-    """
-    sig = types.void(array, row, col)
-
-    def codegen(context, builder, signature, args):
-        array_type = signature.args[0]
-        ary = context.make_array(array_type)(context, builder, args[0])
-        at = [context.cast(builder, a, t, types.intp) for a, t in zip(args[1:], signature.args[1:])]
-        ptr = cgutils.get_item_pointer(context, builder, array_type, ary, at[: array_type.ndim])
-        byte_ptr = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        # read access, high temporal locality, data cache
-        builder.call(fn, [builder.bitcast(ptr, byte_ptr), i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
 
 
 @numba.njit(**_JIT)
@@ -338,17 +310,7 @@ def _heap_offer(keys, codes, size, key, code):
     """Offer (key, code) to the bounded max-heap keys[:size] that keeps the keys.shape[0]
     smallest keys; returns the new size."""
     if size < keys.shape[0]:
-        i = size
-        while i > 0:
-            parent = (i - 1) >> 1
-            if keys[parent] >= key:
-                break
-            keys[i] = keys[parent]
-            codes[i] = codes[parent]
-            i = parent
-        keys[i] = key
-        codes[i] = code
-        return size + 1
+        return _heap_push(keys, codes, size, key, code)
     if key < keys[0]:
         _heap_sift_down(keys, codes, size, key, code)
     return size
@@ -406,10 +368,10 @@ def _search_one(
                 # The next subtree to pop is known now: start fetching its top.
                 following = pq_codes[0]
                 if following >= 0:
-                    _prefetch(hyperplanes, following, 0)
-                    _prefetch(children, following, 0)
+                    prefetch(hyperplanes, following, 0)
+                    prefetch(children, following, 0)
                 else:
-                    _prefetch(leaf_offsets, -following - 1, 0)
+                    prefetch(leaf_offsets, -following - 1, 0)
         else:
             break
         # Descend to a leaf along the near side, queueing each far side. This visits leaves in
@@ -422,20 +384,20 @@ def _search_one(
             # chain of dependent loads otherwise.
             if left >= 0:
                 for z in range(0, dim, 64):
-                    _prefetch(hyperplanes, left, z)
-                _prefetch(children, left, 0)
-                _prefetch(scales, left, 0)
-                _prefetch(offsets, left, 0)
+                    prefetch(hyperplanes, left, z)
+                prefetch(children, left, 0)
+                prefetch(scales, left, 0)
+                prefetch(offsets, left, 0)
             else:
-                _prefetch(leaf_offsets, -left - 1, 0)
+                prefetch(leaf_offsets, -left - 1, 0)
             if right >= 0:
                 for z in range(0, dim, 64):
-                    _prefetch(hyperplanes, right, z)
-                _prefetch(children, right, 0)
-                _prefetch(scales, right, 0)
-                _prefetch(offsets, right, 0)
+                    prefetch(hyperplanes, right, z)
+                prefetch(children, right, 0)
+                prefetch(scales, right, 0)
+                prefetch(offsets, right, 0)
             else:
-                _prefetch(leaf_offsets, -right - 1, 0)
+                prefetch(leaf_offsets, -right - 1, 0)
             h = hyperplanes[code]
             m = np.float32(0.0)
             for z in range(dim):
@@ -464,7 +426,7 @@ def _search_one(
             if visited[row] != generation:
                 visited[row] = generation
                 for z in range(0, dim, 64):
-                    _prefetch(codes, row, z)
+                    prefetch(codes, row, z)
                 rows[fresh] = row
                 fresh += 1
         current = 1 - current
@@ -481,8 +443,8 @@ def _search_one(
     for b in range(n_cand):
         row = cand_i[b]
         for z in range(0, dim, 16):
-            _prefetch(data, row, z)
-        _prefetch(data, row, dim - 1)
+            prefetch(data, row, z)
+        prefetch(data, row, dim - 1)
     found = 0
     for b in range(n_cand):
         row = cand_i[b]

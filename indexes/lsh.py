@@ -80,11 +80,9 @@ from typing import Any
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba.core import cgutils, types
-from numba.extending import intrinsic
 
 from .base import Index, check_positive_int
+from .prefetch import prefetch
 
 _MAX_BITS = 24  # offsets hold 2**n_bits + 1 entries per table
 _GEN_LIMIT = 255  # visited markers are uint8 generations
@@ -95,23 +93,6 @@ _PREFETCH_AHEAD = 8  # candidates whose rows are requested before they are score
 # ---------------------------------------------------------------- numba kernels
 
 
-@intrinsic
-def _prefetch(typingctx, arr, i, j):
-    """Hint the CPU to fetch arr[i, j] (2-D) into cache; no effect on results."""
-
-    def codegen(context, builder, sig, args):
-        aryty = sig.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]])
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        # read, high temporal locality, data cache
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return types.void(arr, types.intp, types.intp), codegen
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
@@ -265,7 +246,7 @@ def _query(
         _probe_keys(z, bias, t, n_bits, probes, margin, order, hs, hf, hl, pkeys, t * probes)
     for i in range(n_probes):
         if pkeys[i] >= 0:
-            _prefetch(offsets, i // probes, pkeys[i])
+            prefetch(offsets, i // probes, pkeys[i])
     # 2. bucket bounds; request the first members of each bucket
     for i in range(n_probes):
         key = pkeys[i]
@@ -279,7 +260,7 @@ def _query(
         plo[i] = lo
         phi[i] = hi
         if hi > lo:
-            _prefetch(members.reshape(1, -1), 0, lo)
+            prefetch(members.reshape(1, -1), 0, lo)
     # 3. the union of the buckets, each row once
     n_cand = 0
     for i in range(n_probes):
@@ -293,12 +274,12 @@ def _query(
     found = 0
     for c in range(min(_PREFETCH_AHEAD, n_cand)):
         for d in range(0, dim, 16):
-            _prefetch(vectors, cand[c], d)
+            prefetch(vectors, cand[c], d)
     for c in range(n_cand):
         if c + _PREFETCH_AHEAD < n_cand:
             ahead = cand[c + _PREFETCH_AHEAD]
             for d in range(0, dim, 16):
-                _prefetch(vectors, ahead, d)
+                prefetch(vectors, ahead, d)
         pos = cand[c]
         s = 0.0
         if l2:
