@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from .errors import NotFound
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     label   INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -173,8 +175,10 @@ class ShardStore:
             self._readers.put(conn)
 
     def _check_open(self) -> None:
+        # A store closes only when its collection is deleted (or the service stops): a request
+        # that raced the delete gets the 404 it would have got a moment later.
         if self._closed:
-            raise RuntimeError(f"store {self.path} is closed")
+            raise NotFound(f"the collection was deleted while this request ran (store {self.path} is closed)")
 
     def pragma(self, name: str) -> Any:
         """The writer connection's value of PRAGMA `name` (for tests and diagnostics)."""
