@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import State
 
-from ..deps import path_collection
+from ..deps import CollectionName, ready_manager
 from ..schemas import BatchSearchRequest, BatchSearchResponse, SearchRequest, SearchResponse, error_responses
 from .parsing import (
     dumps,
@@ -41,9 +41,11 @@ _BATCH_FIELDS = frozenset(BatchSearchRequest.model_fields)
     responses=error_responses(404, 413, 422),
     openapi_extra=raw_body(SearchRequest),
 )
-async def search(request: Request):
+async def search(request: Request, name: CollectionName):
     """The k nearest items to a vector, or to a stored item (which is left out of its own results)."""
-    collection = path_collection(request)
+    # `name` is declared so that OpenAPI documents the path parameter; the lookup is the
+    # hot path's (no dependency solving).
+    collection = ready_manager(request.app.state).get(name)
     return dumps(await answer_search(request.app.state, collection, await request.body()))
 
 
@@ -53,9 +55,11 @@ async def search(request: Request):
     responses=error_responses(404, 413, 422),
     openapi_extra=raw_body(BatchSearchRequest),
 )
-async def search_batch(request: Request):
+async def search_batch(request: Request, name: CollectionName):
     """The k nearest items to each of many vectors, answered in one engine call."""
-    collection = path_collection(request)
+    # `name` is declared so that OpenAPI documents the path parameter; the lookup is the
+    # hot path's (no dependency solving).
+    collection = ready_manager(request.app.state).get(name)
     return dumps(await answer_batch(request.app.state, collection, await request.body()))
 
 
