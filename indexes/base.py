@@ -99,11 +99,24 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return x / norms[:, None]
 
 
-def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+# The largest value an integer parameter may take unless a kind says otherwise: the index
+# libraries take their knobs as C ints (FAISS) or size_t (hnswlib), and a Python int beyond
+# them raises TypeError or OverflowError deep inside the library instead of a ValueError.
+MAX_INT_PARAM = 2**31 - 1
+# Links per node of the HNSW kinds (`M`): layer 0 holds 2M links of 4 bytes per vector, and
+# hnswlib preallocates them; hnswlib itself silently lowers a larger M to 10,000. Typical
+# values are 8-64.
+MAX_M = 1024
+
+
+def check_positive_int(name: str, value: Any, minimum: int = 1, maximum: int | None = MAX_INT_PARAM) -> int:
+    """`value` as an int in [minimum, maximum] (maximum None: unbounded), else ValueError."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: expected an integer in [{minimum}, {maximum}], got {value}")
     return int(value)
 
 

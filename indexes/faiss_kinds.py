@@ -28,7 +28,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .base import Index, as_ids, check_positive_int, serialize_bytes
+from .base import MAX_M, Index, as_ids, check_positive_int, serialize_bytes
 
 # FAISS k-means wants this many training points per centroid before it stops warning.
 MIN_POINTS_PER_CENTROID = 39
@@ -111,7 +111,7 @@ class _FaissIndex(Index):
                 raise ValueError(f"refine: expected one of {choices}, got {value!r}")
             return value
         if name == "M":
-            return check_positive_int(name, value, minimum=2)
+            return check_positive_int(name, value, minimum=2, maximum=MAX_M)
         value = check_positive_int(name, value)
         if name == "m" and self.dim % value:
             raise ValueError(

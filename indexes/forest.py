@@ -580,7 +580,7 @@ class ForestIndex(Index):
 
     def _check_param(self, name: str, value: Any) -> Any:
         if name == "seed":
-            return check_positive_int(name, value, minimum=0)
+            return check_positive_int(name, value, minimum=0, maximum=None)  # numpy takes any size
         if name == "leaf_size":
             return check_positive_int(name, value, minimum=2)
         return check_positive_int(name, value)

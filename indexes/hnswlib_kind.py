@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import hnswlib
 import numpy as np
 
-from .base import Index, check_positive_int, serialize_bytes
+from .base import MAX_M, Index, check_positive_int, serialize_bytes
 
 INITIAL_CAPACITY = 1024
 # hnswlib's per-element extras besides vector and links: the level-0 link count (4 bytes),
@@ -108,7 +108,9 @@ class HnswlibIndex(Index):
 
     def _check_param(self, name: str, value: Any) -> Any:
         # hnswlib needs at least two links per node to build a connected graph.
-        return check_positive_int(name, value, minimum=2 if name == "M" else 1)
+        if name == "M":
+            return check_positive_int(name, value, minimum=2, maximum=MAX_M)
+        return check_positive_int(name, value)
 
     def _add(self, x: np.ndarray, ids: np.ndarray) -> None:
         with self._gate.exclusive():

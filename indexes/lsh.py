@@ -446,7 +446,7 @@ class LSHIndex(Index):
 
     def _check_param(self, name: str, value: Any) -> Any:
         if name == "seed":
-            return check_positive_int(name, value, minimum=0)
+            return check_positive_int(name, value, minimum=0, maximum=None)  # numpy takes any size
         value = check_positive_int(name, value)
         if name == "n_bits" and value > _MAX_BITS:
             raise ValueError(

@@ -163,6 +163,11 @@ def test_collection_lifecycle(client):
         ({"name": "x", "dim": 8, "index": {"kind": "quantum"}}, ["quantum"]),
         ({"name": "x", "dim": 8, "index": {"kind": "hnswlib", "params": {"ef_search": 5}}}, ["ef_search"]),
         ({"name": "x", "dim": 8, "shards": 0}, ["shards", "got 0"]),
+        # Beyond what the libraries take: hnswlib raised TypeError (a 500), FAISS overflowed.
+        ({"name": "x", "dim": 8, "index": {"kind": "hnswlib", "params": {"M": 10**30}}}, ["M", "1024"]),
+        ({"name": "x", "dim": 8, "index": {"kind": "hnsw", "params": {"M": 10**9}}}, ["M", "1024"]),
+        ({"name": "x", "dim": 8, "index": {"kind": "ivf_flat", "params": {"nlist": 10**12}}},
+         ["nlist", "2147483647"]),
     ],
 )
 def test_create_collection_rejects(client, body, fragments):
@@ -357,6 +362,7 @@ def test_search_params_override_per_request(client, glove):
     body = {"vector": glove.queries[0].tolist(), "k": 10, "params": {"ef": 64}}
     assert len(client.post("/collections/h/search", json=body).json()["results"]) == 10
     error(client.post("/collections/h/search", json={**body, "params": {"nprobe": 3}}), 422, "nprobe")
+    error(client.post("/collections/h/search", json={**body, "params": {"ef": 2**40}}), 422, "ef", "2147483647")
 
 
 # ---- limits -------------------------------------------------------------------------------
