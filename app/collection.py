@@ -28,6 +28,11 @@ from .shard import Hits, NewMain, Shard, best_k, shard_of, write_durably
 SPEC_FILE = "collection.json"
 SPEC_FORMAT = 1
 MAX_ID_CHARS = 256
+# Largest Euclidean norm of a stored or query vector. Scores are float32: with both vectors
+# under this norm an inner product stays below 1e36 and a squared L2 distance below 4e36, far
+# from float32's 3.4e38. Above it a score overflows to inf, which JSON cannot carry and which
+# the indexes treat as "no result".
+MAX_NORM = 1e18
 # A rebuild compacts deleted items away once tombstones pass this share of main (and this
 # count): past it, main spends memory and over-fetch work on items that no longer exist.
 TOMBSTONE_SHARE = 0.25
@@ -82,6 +87,14 @@ def check_vectors(x: Any, dim: int, collection: str, what: str = "vectors") -> n
         raise ValueError(
             f"{what}: expected finite values, got {int((~finite).sum())} NaN/Inf values in "
             f"{bad_rows.size} rows (first bad row: {int(bad_rows[0])})"
+        )
+    squared_norms = np.einsum("ij,ij->i", arr, arr, dtype=np.float64)
+    if arr.size and squared_norms.max() > MAX_NORM**2:
+        big = np.flatnonzero(squared_norms > MAX_NORM**2)
+        raise ValueError(
+            f"{what}: expected vectors of Euclidean norm at most {MAX_NORM:.0e} (so that scores "
+            f"stay finite in float32), got {big.size} rows above it (first: row {int(big[0])}, "
+            f"norm {float(np.sqrt(squared_norms[big[0]])):.3g})"
         )
     return np.ascontiguousarray(arr)
 

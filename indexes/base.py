@@ -89,7 +89,11 @@ def as_ids(ids: Any, n: int) -> np.ndarray:
 def normalize_rows(x: np.ndarray) -> np.ndarray:
     """Unit-normalise rows for cosine; a zero row cannot be compared by angle."""
     # einsum avoids np.linalg.norm's temporaries: this runs on every single-query search.
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    # The sum of squares is taken in float64: in float32 it overflows to inf for components
+    # above ~1e19 (the row would silently become all zeros) and underflows to 0 below ~1e-19
+    # (a non-zero row would be called all-zero). The norm itself fits float32 unless the
+    # components come near float32's own limit (the service caps norms far below it).
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64)).astype(x.dtype)
     if not norms.all():
         zero = np.flatnonzero(norms == 0)
         raise ValueError(

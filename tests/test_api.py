@@ -365,6 +365,35 @@ def test_search_params_override_per_request(client, glove):
     error(client.post("/collections/h/search", json={**body, "params": {"ef": 2**40}}), 422, "ef", "2147483647")
 
 
+def test_vectors_whose_scores_would_overflow_are_422(client):
+    """float32 scores of vectors with huge norms overflowed to inf: answered as `"score": null`
+    (ip), or the item silently left out (l2, and ip's -inf). Now such vectors are rejected."""
+    for name, metric in (("ip4", "ip"), ("l24", "l2")):
+        create(client, name, dim=4, metric=metric)
+        body = {"items": [{"id": "a", "vector": [1, 2, 3, 4]}, {"id": "big", "vector": [1e30, 0, 0, 0]}]}
+        error(client.post(f"/collections/{name}/vectors", json=body), 422, "norm", "1e+18", "row 1")
+        upsert_ok = client.post(f"/collections/{name}/vectors", json={"items": body["items"][:1]})
+        assert upsert_ok.status_code == 200, upsert_ok.text
+        for query in ([1e30, 1, 1, 1], [-1e20, 0, 0, 0]):
+            for exact in (False, True):
+                response = client.post(f"/collections/{name}/search", json={"vector": query, "exact": exact})
+                error(response, 422, "norm")
+            error(client.post(f"/collections/{name}/search/batch", json={"vectors": [query]}), 422, "norm")
+        hits = client.post(f"/collections/{name}/search", json={"vector": [1e17, 0, 0, 0]}).json()["results"]
+        assert [h["id"] for h in hits] == ["a"] and all(isinstance(h["score"], float) for h in hits)
+
+
+def test_cosine_handles_tiny_and_large_components(client):
+    """The cosine norm was summed in float32: a row of 1e-30s was called all-zero (422) and a
+    row with a 1e20 became all zeros (every score 0.0)."""
+    create(client, "cos4", dim=4, metric="cosine")
+    items = [{"id": "x", "vector": [1, 0, 0, 0]}, {"id": "y", "vector": [0, 1, 0, 0]}]
+    assert client.post("/collections/cos4/vectors", json={"items": items}).status_code == 200
+    for query in ([1e-30, 0, 0, 0], [1e17, 1, 1, 1]):
+        hits = client.post("/collections/cos4/search", json={"vector": query, "k": 2}).json()["results"]
+        assert hits[0]["id"] == "x" and hits[0]["score"] == pytest.approx(1.0, abs=1e-6), hits
+
+
 # ---- limits -------------------------------------------------------------------------------
 
 
