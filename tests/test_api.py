@@ -240,6 +240,7 @@ def test_upsert_get_replace_delete(client, glove):
         ([{"id": "a", "vector": [0.5] * 49 + ["x"]}], ["numbers", "'x'"]),
         ([{"id": "a", "vector": [0.5] * 49 + ["NaN"]}], ["numbers", "'NaN'"]),
         ([{"id": "a", "vector": [0.5] * 49 + [None]}], ["numbers", "None"]),
+        ([{"id": "a", "vector": [0.5] * 49 + [True]}], ["numbers only", "True", "boolean"]),
         ([{"id": "a", "vector": [0.5] * 49 + [1e39]}], ["finite", "1 NaN/Inf"]),
         ([{"id": "a", "vector": [[0.5]] * 50}], ["nested"]),
         ([{"id": "a", "vector": []}], ["expected 50", "got 0"]),
@@ -313,6 +314,9 @@ def test_search_with_base64_and_batches(loaded, glove):
         ({"vector": []}, ["expected 50", "got 0"]),
         ({"vector": [0.1] * 49 + ["NaN"]}, ["numbers", "'NaN'"]),
         ({"vector": [0.1] * 49 + [3.5e38 * 10]}, ["finite"]),
+        # numpy read a boolean beside numbers as 1 or 0 (an all-boolean list was already caught).
+        ({"vector": [0.1] * 49 + [True]}, ["numbers only", "True", "boolean"]),
+        ({"vector": [1] * 49 + [False]}, ["numbers only", "False", "boolean"]),
         ({"vector": "0.1,0.2"}, ["list of 50 numbers", "string"]),
         ({"vector": [0.1] * 50, "k": 0}, ["k", "1..100", "got 0"]),
         ({"vector": [0.1] * 50, "k": 101}, ["k", "1..100", "got 101"]),
@@ -337,6 +341,7 @@ def test_search_rejects(loaded, body, fragments):
     [
         ({"vectors": [[0.1] * 50] * 9}, ["at most 8", "got 9"]),
         ({"vectors": [[0.1] * 50, [0.1] * 49]}, ["vectors[1]", "expected 50", "got 49"]),
+        ({"vectors": [[0.1] * 50, [0.0] * 49 + [True]]}, ["numbers only", "True", "boolean"]),
         ({"vectors": []}, ["non-empty"]),
         ({"vectors": [[0.1] * 50], "vectors_b64": "AAAA"}, ["exactly one"]),
         ({"vectors_b64": b64(np.ones((9, 50)))}, ["at most 8", "got 9"]),

@@ -140,6 +140,12 @@ def _numbers(value: list, what: str, ndim: int) -> np.ndarray:
         raise ValueError(f"{what}: expected numbers only, got {_non_number(value)}")
     if arr.ndim != ndim:
         raise ValueError(f"{what}: expected numbers only, got lists nested {arr.ndim} deep")
+    # JSON true/false are not numbers, but beside numbers numpy reads them as 1 and 0. They can
+    # only hide where a value is exactly 0 or 1, so only then are the elements looked at in Python.
+    if ((arr == 0) | (arr == 1)).any():
+        found = _first_bool(value)
+        if found is not None:
+            raise ValueError(f"{what}: expected numbers only, got {found!r} (a boolean)")
     with np.errstate(over="ignore"):  # a finite float64 too big for float32 becomes inf: caught below
         return arr.astype(np.float32, copy=False)
 
@@ -154,6 +160,18 @@ def check_finite(arr: np.ndarray, what: str) -> np.ndarray:
             "numbers beyond float32 range count too)"
         )
     return arr
+
+
+def _first_bool(value: list) -> bool | None:
+    """The first JSON boolean among the (possibly nested) lists, or None."""
+    stack = [value]
+    while stack:
+        for x in stack.pop():
+            if isinstance(x, list):
+                stack.append(x)
+            elif type(x) is bool:  # noqa: E721
+                return x
+    return None
 
 
 def _non_number(value: list) -> str:
