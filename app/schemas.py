@@ -65,10 +65,11 @@ class IndexSpec(_Request):
 
 class CollectionCreate(_Request):
     name: str = Field(pattern=NAME_PATTERN, description="letters, digits, `_`, `-`, `.`; 1-64 chars")
-    dim: int = Field(ge=1, description="vector dimension (capped by ANNSERVE_MAX_DIM)")
+    # strict: `true` or "4" is a client mistake, not a dimension (pydantic would coerce it).
+    dim: int = Field(ge=1, strict=True, description="vector dimension (capped by ANNSERVE_MAX_DIM)")
     metric: Metric = "cosine"
     index: IndexSpec = Field(default_factory=IndexSpec)
-    shards: int = Field(1, ge=1, le=256, description="hash shards of the collection")
+    shards: int = Field(1, ge=1, le=256, strict=True, description="hash shards of the collection")
 
 
 class IndexInfo(_Response):

@@ -545,3 +545,11 @@ def test_not_ready_when_the_collections_cannot_be_opened(tmp_path):
         assert error(client.get("/healthz"), 503) == detail
         error(client.get("/collections"), 503, "opening the collections failed")
         error(client.post("/collections/x/search", json={"vector": [1.0]}), 503)
+
+
+@pytest.mark.parametrize("field, value", [("dim", True), ("dim", "4"), ("dim", 4.5), ("shards", True)])
+def test_create_rejects_non_integer_dim_and_shards(client, field, value):
+    body = {"name": "strict", "dim": 4, "metric": "l2", field: value}
+    response = client.post("/collections", json=body)
+    assert response.status_code == 422
+    assert field in response.json()["detail"]
