@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 
 from indexes import Index, create_index
+from indexes.base import check_finite
 
 from .auto import AUTO, EMPTY_KIND, pick_kind
 from .errors import NotFound
@@ -81,13 +82,7 @@ def check_vectors(x: Any, dim: int, collection: str, what: str = "vectors") -> n
         raise ValueError(
             f"dimension mismatch: collection {collection!r} has dim {dim}, got {arr.shape[1]}"
         )
-    finite = np.isfinite(arr)
-    if not finite.all():
-        bad_rows = np.flatnonzero(~finite.all(axis=1))
-        raise ValueError(
-            f"{what}: expected finite values, got {int((~finite).sum())} NaN/Inf values in "
-            f"{bad_rows.size} rows (first bad row: {int(bad_rows[0])})"
-        )
+    check_finite(arr, what)
     squared_norms = np.einsum("ij,ij->i", arr, arr, dtype=np.float64)
     if arr.size and squared_norms.max() > MAX_NORM**2:
         big = np.flatnonzero(squared_norms > MAX_NORM**2)

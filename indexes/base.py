@@ -64,6 +64,12 @@ def as_vectors(x: Any, dim: int, what: str = "vectors") -> np.ndarray:
         raise ValueError(f"{what}: expected shape (n, {dim}), got shape {arr.shape}")
     if arr.shape[0] == 0:
         raise ValueError(f"{what}: expected at least one row of shape (n, {dim}), got 0 rows")
+    check_finite(arr, what)
+    return np.ascontiguousarray(arr)
+
+
+def check_finite(arr: np.ndarray, what: str) -> None:
+    """ValueError naming the NaN/Inf count and the first bad row of (n, dim) `arr`, if any."""
     finite = np.isfinite(arr)
     if not finite.all():
         bad_rows = np.flatnonzero(~finite.all(axis=1))
@@ -71,7 +77,6 @@ def as_vectors(x: Any, dim: int, what: str = "vectors") -> np.ndarray:
             f"{what}: expected finite values, got {int((~finite).sum())} NaN/Inf values "
             f"in {bad_rows.size} rows (first bad row: {int(bad_rows[0])})"
         )
-    return np.ascontiguousarray(arr)
 
 
 def as_ids(ids: Any, n: int) -> np.ndarray:
