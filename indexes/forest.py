@@ -317,6 +317,20 @@ def _heap_offer(keys, codes, size, key, code):
 
 
 @numba.njit(**_JIT)
+def _prefetch_node(node, dim, hyperplanes, children, scales, offsets, leaf_offsets):
+    """Start fetching what the descent reads at `node`: an internal node's hyperplane, children,
+    scale and offset, or a leaf's bounds (node codes as in the module docstring)."""
+    if node >= 0:
+        for z in range(0, dim, 64):
+            prefetch(hyperplanes, node, z)
+        prefetch(children, node, 0)
+        prefetch(scales, node, 0)
+        prefetch(offsets, node, 0)
+    else:
+        prefetch(leaf_offsets, -node - 1, 0)
+
+
+@numba.njit(**_JIT)
 def _score_codes(rows, count, codes, code_query, code_bias, code_scale, is_l2, cand_d, cand_i, n_cand):
     """Offer rows[:count] to the candidate heap by their approximate distance from the 8-bit
     codes; returns the new heap size."""
@@ -382,22 +396,8 @@ def _search_one(
             right = children[code, 1]
             # Start fetching both children while this margin is computed: the walk down is a
             # chain of dependent loads otherwise.
-            if left >= 0:
-                for z in range(0, dim, 64):
-                    prefetch(hyperplanes, left, z)
-                prefetch(children, left, 0)
-                prefetch(scales, left, 0)
-                prefetch(offsets, left, 0)
-            else:
-                prefetch(leaf_offsets, -left - 1, 0)
-            if right >= 0:
-                for z in range(0, dim, 64):
-                    prefetch(hyperplanes, right, z)
-                prefetch(children, right, 0)
-                prefetch(scales, right, 0)
-                prefetch(offsets, right, 0)
-            else:
-                prefetch(leaf_offsets, -right - 1, 0)
+            _prefetch_node(left, dim, hyperplanes, children, scales, offsets, leaf_offsets)
+            _prefetch_node(right, dim, hyperplanes, children, scales, offsets, leaf_offsets)
             h = hyperplanes[code]
             m = np.float32(0.0)
             for z in range(dim):
