@@ -553,3 +553,27 @@ def test_create_rejects_non_integer_dim_and_shards(client, field, value):
     response = client.post("/collections", json=body)
     assert response.status_code == 422
     assert field in response.json()["detail"]
+
+
+def test_a_bad_query_merged_into_a_batch_fails_only_its_own_request(tmp_path):
+    """The batcher merges concurrent queries into one engine call; a query the engine rejects
+    (an all-zero vector under cosine) must not fail the requests it was merged with."""
+    import asyncio
+
+    from app.api.batching import _Request, _run
+    from app.manager import CollectionManager
+
+    manager = CollectionManager(Settings(data_dir=tmp_path))
+    manager.open()
+    try:
+        collection = manager.create("merged", 4, "cosine", "flat", {})
+        collection.upsert(["a", "b"], np.eye(4, dtype=np.float32)[:2], [None, None])
+        loop = asyncio.new_event_loop()
+        good = _Request(collection, np.ones((1, 4), np.float32), 1, None, False, None, loop.create_future())
+        bad = _Request(collection, np.zeros((1, 4), np.float32), 1, None, False, None, loop.create_future())
+        (good_hits, good_error), (bad_hits, bad_error) = _run([good, bad])
+        loop.close()
+    finally:
+        manager.close()
+    assert good_error is None and len(good_hits[0]) == 1
+    assert bad_hits is None and "all-zero" in str(bad_error)

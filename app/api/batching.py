@@ -115,29 +115,42 @@ def _deliver(batch: list[_Request], outcomes: list[tuple[list[Hits] | None, Base
 
 def _run(batch: list[_Request]) -> list[tuple[list[Hits] | None, BaseException | None]]:
     """In a pool thread: one engine call per group of requests that share collection, k, params
-    and exactness; each request gets its own rows back, or the error of its group's call."""
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for position, request in enumerate(batch):
-        groups[request.group()].append(position)
-    outcomes: list[tuple[list[Hits] | None, BaseException | None]] = [(None, None)] * len(batch)
-    for positions in groups.values():
-        members = [batch[p] for p in positions]
-        first = members[0]
-        if len(members) == 1:
-            queries, exclude = first.queries, first.exclude
-        else:
-            queries = np.concatenate([m.queries for m in members])
-            exclude = [e for m in members for e in (m.exclude or [None] * len(m.queries))]
-            if not any(exclude):
-                exclude = None
+    and exactness; each request gets its own rows back, or its own error."""
+    groups: dict[tuple, list[_Request]] = defaultdict(list)
+    for request in batch:
+        groups[request.group()].append(request)
+    outcomes: dict[int, tuple[list[Hits] | None, BaseException | None]] = {}
+    for members in groups.values():
         try:
-            hits = first.collection.search(queries, first.k, first.params, exact=first.exact, exclude=exclude)
+            for member, hits in zip(members, _search_together(members)):
+                outcomes[id(member)] = (hits, None)
         except Exception as exc:  # noqa: BLE001 - handed to the waiting requests, mapped to 4xx there
-            for p in positions:
-                outcomes[p] = (None, exc)
-            continue
-        start = 0
-        for p, member in zip(positions, members):
-            outcomes[p] = (hits[start : start + len(member.queries)], None)
-            start += len(member.queries)
-    return outcomes
+            if len(members) == 1:
+                outcomes[id(members[0])] = (None, exc)
+                continue
+            # One request's bad query (a zero vector under cosine, say) must not fail the others
+            # it was merged with: on error, each request runs alone and gets its own answer.
+            for member in members:
+                try:
+                    outcomes[id(member)] = (_search_together([member])[0], None)
+                except Exception as own:  # noqa: BLE001 - as above
+                    outcomes[id(member)] = (None, own)
+    return [outcomes[id(request)] for request in batch]
+
+
+def _search_together(members: list[_Request]) -> list[list[Hits]]:
+    """One engine call for requests of one group; each member's rows of the answer, in order."""
+    first = members[0]
+    if len(members) == 1:
+        queries, exclude = first.queries, first.exclude
+    else:
+        queries = np.concatenate([m.queries for m in members])
+        exclude = [e for m in members for e in (m.exclude or [None] * len(m.queries))]
+        if not any(exclude):
+            exclude = None
+    hits = first.collection.search(queries, first.k, first.params, exact=first.exact, exclude=exclude)
+    rows, start = [], 0
+    for member in members:
+        rows.append(hits[start : start + len(member.queries)])
+        start += len(member.queries)
+    return rows
