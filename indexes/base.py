@@ -68,15 +68,18 @@ def as_vectors(x: Any, dim: int, what: str = "vectors") -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def check_finite(arr: np.ndarray, what: str) -> None:
-    """ValueError naming the NaN/Inf count and the first bad row of (n, dim) `arr`, if any."""
+def check_finite(arr: np.ndarray, what: str) -> np.ndarray:
+    """`arr` ((dim,) or (n, dim)) unchanged, or a ValueError naming the NaN/Inf count and the
+    first bad row. Numbers beyond float32's range became inf on conversion: they count too."""
     finite = np.isfinite(arr)
     if not finite.all():
-        bad_rows = np.flatnonzero(~finite.all(axis=1))
+        bad_rows = np.flatnonzero(~np.atleast_2d(finite).all(axis=1))
         raise ValueError(
             f"{what}: expected finite values, got {int((~finite).sum())} NaN/Inf values "
-            f"in {bad_rows.size} rows (first bad row: {int(bad_rows[0])})"
+            f"in {bad_rows.size} rows (first bad row: {int(bad_rows[0])}; "
+            "numbers beyond float32's range count too)"
         )
+    return arr
 
 
 def as_ids(ids: Any, n: int) -> np.ndarray:

@@ -17,6 +17,8 @@ import numpy as np
 import orjson
 from fastapi import Response
 
+from indexes.base import check_finite
+
 _F32_LE = np.dtype("<f4")
 
 
@@ -148,18 +150,6 @@ def _numbers(value: list, what: str, ndim: int) -> np.ndarray:
             raise ValueError(f"{what}: expected numbers only, got {found!r} (a boolean)")
     with np.errstate(over="ignore"):  # a finite float64 too big for float32 becomes inf: caught below
         return arr.astype(np.float32, copy=False)
-
-
-def check_finite(arr: np.ndarray, what: str) -> np.ndarray:
-    if not np.isfinite(arr).all():
-        bad = ~np.isfinite(arr)
-        where = np.argwhere(bad)[0].tolist()
-        raise ValueError(
-            f"{what}: expected finite numbers, got {int(bad.sum())} NaN/Inf value(s) "
-            f"(first at index {where if len(where) > 1 else where[0]}; "
-            "numbers beyond float32 range count too)"
-        )
-    return arr
 
 
 def _first_bool(value: list) -> bool | None:
