@@ -195,6 +195,17 @@ class Collection:
             "last_rebuild_at": max(built_at).isoformat() if built_at else None,
         }
 
+    def _check_nonzero_for_cosine(self, vectors: np.ndarray, what: str) -> None:
+        """An all-zero vector has no direction: cosine similarity is undefined for it."""
+        if self.metric != "cosine":
+            return
+        zero = np.flatnonzero(~vectors.any(axis=1))
+        if zero.size:
+            raise ValueError(
+                f"{what}: cosine collection {self.name!r} expects non-zero vectors, got {zero.size} "
+                f"all-zero rows (cosine similarity is undefined for them; first: row {int(zero[0])})"
+            )
+
     # ---- writes ----
 
     def upsert(self, ids: list[str], vectors: np.ndarray, payloads: list[dict | None]) -> int:
@@ -207,13 +218,7 @@ class Collection:
                 f"length mismatch: {len(ids)} ids, {vectors.shape[0]} vectors, {len(payloads)} payloads"
             )
         _check_ids(ids)
-        if self.metric == "cosine":
-            zero = np.flatnonzero(~vectors.any(axis=1))
-            if zero.size:
-                raise ValueError(
-                    f"cosine collection {self.name!r}: expected non-zero vectors, got {zero.size} "
-                    f"all-zero rows (first: row {int(zero[0])})"
-                )
+        self._check_nonzero_for_cosine(vectors, "vectors")
         texts = [_payload_json(pos, p) for pos, p in enumerate(payloads)]
         last = {item_id: pos for pos, item_id in enumerate(ids)}  # repeated id: last one wins
         for shard_no, positions in self._by_shard(list(last.keys()), list(last.values())).items():
@@ -263,8 +268,7 @@ class Collection:
         exclude = list(exclude) if exclude is not None else [None] * nq
         if len(exclude) != nq:
             raise ValueError(f"exclude: expected {nq} entries (one per query), got {len(exclude)}")
-        if self.metric == "cosine" and not queries.any(axis=1).all():
-            raise ValueError("queries: cosine similarity is undefined for an all-zero query vector")
+        self._check_nonzero_for_cosine(queries, "queries")
         params = dict(params or {})
         # Checked even for exact search (which needs none), so a misspelt knob is never ignored.
         self._param_index().resolve_search_params(params)

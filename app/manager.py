@@ -28,7 +28,9 @@ from .shard import fsync_dir, search_thread_init
 
 log = logging.getLogger(__name__)
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Collection names become directory names and URL path segments; schemas.py documents this rule.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+NAME = re.compile(NAME_PATTERN)
 AUTO_RETRY_SECONDS = 60.0  # after a failed automatic rebuild, wait this long before the next
 SEARCH_THREADS = 8  # shard fan-out; the index libraries release the GIL while they search
 

@@ -14,9 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .collection import MAX_ID_CHARS
+from .manager import NAME_PATTERN
 
-# Collection names become directory names on disk and path segments in URLs.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Metric = Literal["cosine", "ip", "l2"]
 
 
