@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .api import api_router
 from .api.batching import SearchBatcher
 from .api.body_limit import BodyLimitMiddleware
-from .api.errors import client_error
+from .api.errors import error_answer
 from .api.hot_path import HotPathMiddleware
 from .api.metrics import MetricsMiddleware, ServiceMetrics
 from .api.raw_body import RAW_BODY_MODELS
@@ -113,13 +113,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     """Every error is `{"detail": "<what is wrong>"}`: engine errors map to 4xx by type."""
 
     async def client_or_bug(request: Request, exc: Exception) -> JSONResponse:
-        mapped = client_error(exc)
-        if mapped is None:
-            # A 5xx is always a bug: log it whole, answer in the contract's shape.
-            log.exception("unhandled error on %s %s", request.method, request.url.path)
-            mapped = 500, f"internal error: {type(exc).__name__}: {exc}"
-        headers = getattr(exc, "headers", None)
-        return JSONResponse({"detail": mapped[1]}, status_code=mapped[0], headers=headers)
+        status, detail = error_answer(exc, request.method, request.url.path)
+        return JSONResponse({"detail": detail}, status_code=status, headers=getattr(exc, "headers", None))
 
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": describe_validation_errors(exc.errors())}, status_code=422)
