@@ -1,7 +1,9 @@
-"""Shared fixtures: the committed real-data subsets and their exact ground truth."""
+"""Shared fixtures and helpers: the committed real-data subsets with their exact ground truth,
+and waiting for a rebuild job over HTTP."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -16,7 +18,7 @@ K = 10
 
 
 @dataclass(frozen=True)
-class Dataset:
+class Subset:
     name: str
     metric: str
     base: np.ndarray  # (n, dim) float32
@@ -29,7 +31,7 @@ class Dataset:
 
 
 @cache
-def load_dataset(name: str) -> Dataset:
+def load_subset(name: str) -> Subset:
     if name == "glove":
         with np.load(DATA / "glove50_10k.npz") as f:
             base, queries, metric = f["base"], f["queries"], "cosine"
@@ -41,16 +43,30 @@ def load_dataset(name: str) -> Dataset:
     else:
         raise KeyError(name)
     truth, _ = brute_force_knn(base, queries, K, metric)
-    return Dataset(name, metric, base, queries, truth)
+    return Subset(name, metric, base, queries, truth)
 
 
 @pytest.fixture(scope="session")
-def glove() -> Dataset:
+def glove() -> Subset:
     """10K x 50 GloVe rows, cosine, 500 queries (see tests/data/README.md)."""
-    return load_dataset("glove")
+    return load_subset("glove")
 
 
 @pytest.fixture(scope="session")
-def fashion() -> Dataset:
+def fashion() -> Subset:
     """6K x 784 Fashion-MNIST images scaled to [0, 1], l2, 200 queries."""
-    return load_dataset("fashion")
+    return load_subset("fashion")
+
+
+def wait_job(client, job_id: str, timeout: float = 120.0) -> dict:
+    """Poll GET /jobs/{job_id} (an httpx or TestClient client) until the job has succeeded or
+    failed, checking the job's shape on every answer; fails the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/jobs/{job_id}").json()
+        assert {"id", "state", "progress", "error"} <= set(job)
+        assert 0.0 <= job["progress"] <= 1.0
+        if job["state"] in ("succeeded", "failed"):
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import wait_job
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -20,16 +21,24 @@ MAX_BODY = 1024 * 1024
 N = 2000  # glove rows loaded into the search tests' collection
 
 
+READY_TIMEOUT = 30.0  # seconds for the app to open its collections
+
+
+def wait_ready(client, timeout: float = READY_TIMEOUT) -> None:
+    """Poll /readyz until it answers 200; fails the test with its last answer after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/readyz").json()
+        time.sleep(0.02)
+
+
 @pytest.fixture()
 def client(tmp_path):
     settings = Settings(
         data_dir=tmp_path / "data", max_body_bytes=MAX_BODY, max_k=100, max_batch=8, max_upsert_batch=1000
     )
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        deadline = time.monotonic() + 30
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/readyz").json()
-            time.sleep(0.02)
+        wait_ready(client)
         yield client
 
 
@@ -422,18 +431,6 @@ def test_body_too_large_is_413(client):
 # ---- rebuild and jobs ---------------------------------------------------------------------
 
 
-def wait_job(client, job_id, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/jobs/{job_id}").json()
-        assert {"id", "state", "progress", "error"} <= set(job)
-        assert 0.0 <= job["progress"] <= 1.0
-        if job["state"] in ("succeeded", "failed"):
-            return job
-        assert time.monotonic() < deadline, job
-        time.sleep(0.05)
-
-
 def test_rebuild_job_and_conflict(client, glove):
     create(client, "r", kind="hnswlib", params={"M": 32, "ef_construction": 400})
     upsert(client, "r", glove.base)
@@ -466,8 +463,7 @@ def test_hot_path_and_router_answer_alike(tmp_path, glove):
     for hot_path in (True, False):
         settings = Settings(data_dir=tmp_path / f"d{hot_path}", max_batch=8)
         with TestClient(create_app(settings, hot_path=hot_path), raise_server_exceptions=False) as client:
-            while client.get("/readyz").status_code != 200:
-                time.sleep(0.02)
+            wait_ready(client)
             create(client, "g")
             upsert(client, "g", glove.base[:200])
             answers.append([(r.status_code, r.json()) for r in (client.post(p, json=b) for p, b in bodies)])
@@ -503,7 +499,9 @@ def test_concurrent_searches_are_batched_and_answered_alike(tmp_path, glove):
 
     async def run() -> tuple[list, list]:
         async with app.router.lifespan_context(app):
-            while not app.state.manager.is_ready:
+            deadline = time.monotonic() + READY_TIMEOUT
+            while not app.state.manager.is_ready:  # awaited, not wait_ready: the loop runs the startup
+                assert time.monotonic() < deadline, f"not ready after {READY_TIMEOUT}s"
                 await asyncio.sleep(0.01)
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
