@@ -1,41 +1,51 @@
 """`annserve bench-http`: the service measured over real HTTP, end to end.
 
-Starts `annserve serve` on a free loopback port with its own data directory, loads a 50K x 384
-collection, and measures what a client sees:
+Starts `annserve serve` on a free loopback port with its own data directory (app/serve_process.py),
+loads a 50K x 384 collection, and measures what a client sees:
 
 - ingest: vectors/s through batch upsert (1000 items per request; JSON lists, then base64)
 - recall@10 of the bench queries at the search params used (the smallest `ef` that reaches
-  `--target-recall` on those queries, against exact ground truth computed here)
+  `--target-recall` on those queries, against exact ground truth, `indexes.brute_force_knn`)
 - single-client search latency p50/p99 (httpx, one keep-alive connection)
 - throughput at `--connections` concurrent connections (wrk, a different query body per request)
 - p99 latency of single searches while a rebuild runs, against before, and the failures
 
 Data: Fashion-MNIST (Debian package `dataset-fashion-mnist`) projected by PCA to 384 dims, a real
-384-d set (the train images are the base, test images the queries), cosine. Without the package,
-or with `--data synthetic`, clustered synthetic unit vectors (stated in the output).
+384-d set (the train images are the base, test images the queries), cosine. Only when that
+package is missing, or with `--data synthetic`, clustered synthetic unit vectors (stated in the
+output). Every wait has a deadline: a stuck rebuild or server ends the run with an error.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import httpx
 import numpy as np
 import orjson
 import typer
 
-JSON = {"content-type": "application/json"}
+from indexes import brute_force_knn, recall_at_k
+
+from .datasets import Dataset, DatasetMissing, fashion_pca, synthetic_clusters
+from .serve_process import ServeProcess
+
+K = 10
+DATA_SOURCES = ("fashion", "synthetic")
+EF_LADDER = (10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+UPSERT_BATCH = 1000
+REQUEST_TIMEOUT = 600.0  # seconds for one HTTP request (an upsert batch of 1000 x 384 included)
 WRK_SCRIPT = """
 local bodies = {}
 local i = 0
@@ -54,117 +64,52 @@ end
 # ---- data ---------------------------------------------------------------------------------
 
 
-def fashion_pca(n: int, nq: int, dim: int) -> tuple[np.ndarray, np.ndarray, str]:
-    from .datasets import load_dataset
-
-    data = load_dataset("fashion", metric="cosine", n_queries=nq, limit=n)
-    base, queries = data.base, data.queries
-    mean = base.mean(axis=0)
-    rng = np.random.default_rng(0)
-    sample = base[rng.choice(len(base), size=min(len(base), 10_000), replace=False)] - mean
-    _, _, vt = np.linalg.svd(sample, full_matrices=False)
-    components = vt[:dim].T.astype(np.float32)  # (784, dim)
-    project = lambda x: np.ascontiguousarray((x - mean) @ components, dtype=np.float32)  # noqa: E731
-    return project(base), project(queries), f"Fashion-MNIST {len(base)} train images, PCA 784->{dim}"
-
-
-def synthetic(n: int, nq: int, dim: int) -> tuple[np.ndarray, np.ndarray, str]:
-    rng = np.random.default_rng(0)
-    centers = rng.standard_normal((256, dim)).astype(np.float32)
-    labels = rng.integers(0, len(centers), n + nq)
-    x = centers[labels] + 0.6 * rng.standard_normal((n + nq, dim)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x[:n], x[n:], f"synthetic: {n} unit vectors in 256 Gaussian clusters (no real 384-d set used)"
-
-
-def exact_top_k(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Row positions of the k best by cosine, (nq, k)."""
-    b = base / np.linalg.norm(base, axis=1, keepdims=True)
-    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    out = []
-    for lo in range(0, len(q), 256):
-        scores = q[lo : lo + 256] @ b.T
-        top = np.argpartition(-scores, k, axis=1)[:, :k]
-        order = np.take_along_axis(scores, top, 1).argsort(axis=1)[:, ::-1]
-        out.append(np.take_along_axis(top, order, 1))
-    return np.vstack(out)
-
-
-# ---- the server ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        annserve = shutil.which("annserve")
-        command = [annserve] if annserve else [sys.executable, "-c", "from app.cli import main; main()"]
-        command += ["serve", "--port", str(self.port), "--data-dir", str(data_dir)]
-        self.log = open(data_dir.parent / "server.log", "wb")
-        self.proc = subprocess.Popen(
-            command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **env}
-        )
-
-    def wait_ready(self, client: httpx.Client, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                if client.get("/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise SystemExit("server not ready in time")
-
-    def cpu_seconds(self) -> float:
-        """CPU time used so far by the server process, all threads (Linux /proc)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
+def load_data(source: str, n: int, n_queries: int, dim: int) -> tuple[Dataset, str]:
+    """The bench set (cosine) and one line saying what it is. Fashion-MNIST has 60,000 base
+    rows: a larger `n` is cut to that, and said. Falls back on synthetic data only when the
+    Fashion-MNIST package is missing; any other problem raises ValueError."""
+    if source not in DATA_SOURCES:
+        raise ValueError(f"--data: expected one of {', '.join(DATA_SOURCES)}, got {source!r}")
+    if source == "fashion":
+        try:
+            data = fashion_pca(dim, n_queries, limit=n)
+        except DatasetMissing as exc:
+            print(f"note: {exc}; using synthetic data instead")
+        else:
+            rows = data.base.shape[0]
+            if rows < n:
+                print(f"note: --n {n:,} is above the {rows:,} train images of Fashion-MNIST; "
+                      f"using n = {rows:,}")  # fmt: skip
+            return data, (
+                f"Fashion-MNIST, {rows:,} train images as base, {n_queries} test images as queries, "
+                f"PCA 784->{dim}"
+            )
+    data = synthetic_clusters(n, n_queries, dim)
+    return data, f"synthetic: {n:,} unit vectors in 256 Gaussian clusters (no real {dim}-d set used)"
 
 
 # ---- measurements -------------------------------------------------------------------------
 
 
-def ingest(url: str, name: str, ids: list[str], x: np.ndarray, b64: bool, batch: int, clients: int) -> float:
+def ingest(url: str, name: str, ids: list[str], x: np.ndarray, b64: bool, clients: int) -> float:
     """Vectors/s of batch upserts from `clients` concurrent connections; bodies are serialised
     before the clock starts (as a client with its data ready would send them)."""
-    import base64
-    from concurrent.futures import ThreadPoolExecutor
-
     bodies = []
-    for lo in range(0, len(ids), batch):
-        rows = x[lo : lo + batch]
+    for lo in range(0, len(ids), UPSERT_BATCH):
+        part_ids, rows = ids[lo : lo + UPSERT_BATCH], x[lo : lo + UPSERT_BATCH]
         if b64:
             items = [
                 {"id": i, "vector_b64": base64.b64encode(r.astype("<f4").tobytes()).decode()}
-                for i, r in zip(ids[lo : lo + batch], rows)
+                for i, r in zip(part_ids, rows)
             ]
         else:
-            items = [{"id": i, "vector": r} for i, r in zip(ids[lo : lo + batch], rows)]
+            items = [{"id": i, "vector": r} for i, r in zip(part_ids, rows)]
         bodies.append(orjson.dumps({"items": items}, option=orjson.OPT_SERIALIZE_NUMPY))
 
     def send(part: list[bytes]) -> None:
-        with httpx.Client(base_url=url, timeout=600) as client:
+        with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT) as client:
             for body in part:
-                r = client.post(f"/collections/{name}/vectors", content=body, headers=JSON)
-                r.raise_for_status()
+                client.post(f"/collections/{name}/vectors", content=body).raise_for_status()
 
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -179,23 +124,30 @@ def search_bodies(queries: np.ndarray, k: int, params: dict) -> list[bytes]:
     ]
 
 
-def recall_at(
-    client: httpx.Client, name: str, queries: np.ndarray, truth: np.ndarray, k: int, params: dict
+def search_recall(
+    client: httpx.Client, name: str, queries: np.ndarray, truth: np.ndarray, params: dict
 ) -> float:
-    found = []
+    """recall@k of batch searches for `queries` (nq, dim) against `truth` (nq, k) base rows;
+    item ids are the base row numbers."""
+    found = np.full(truth.shape, -1, dtype=np.int64)  # -1: fewer than k hits, never a true row
     for lo in range(0, len(queries), 500):
         body = orjson.dumps(
-            {"vectors": queries[lo : lo + 500], "k": k, "params": params}, option=orjson.OPT_SERIALIZE_NUMPY
+            {"vectors": queries[lo : lo + 500], "k": truth.shape[1], "params": params},
+            option=orjson.OPT_SERIALIZE_NUMPY,
         )
         r = client.post(f"/collections/{name}/search/batch", content=body)
         r.raise_for_status()
-        found += [[int(h["id"]) for h in row] for row in r.json()["results"]]
-    return float(np.mean([len(set(f) & set(t[:k])) / k for f, t in zip(found, truth)]))
+        for row, hits in enumerate(r.json()["results"], start=lo):
+            found[row, : len(hits)] = [int(h["id"]) for h in hits]
+    return recall_at_k(found, truth)
 
 
-def latencies(client: httpx.Client, name: str, bodies: list[bytes], seconds: float | None = None,
-              stop: threading.Event | None = None) -> tuple[np.ndarray, int]:
-    """Sequential searches on one keep-alive connection: (latencies in s, failures)."""
+def latencies(
+    client: httpx.Client, name: str, bodies: list[bytes], seconds: float | None = None,
+    stop: threading.Event | None = None,
+) -> tuple[np.ndarray, int]:  # fmt: skip
+    """Sequential searches on one keep-alive connection: (latencies in s, failures). Runs
+    through `bodies` once, or, given `seconds` and/or `stop`, until the first of them ends it."""
     out, failures, i = [], 0, 0
     deadline = time.monotonic() + seconds if seconds else None
     while True:
@@ -209,8 +161,7 @@ def latencies(client: httpx.Client, name: str, bodies: list[bytes], seconds: flo
         i += 1
         t0 = time.perf_counter()
         try:
-            r = client.post(f"/collections/{name}/search", content=body, headers=JSON)
-            ok = r.status_code == 200
+            ok = client.post(f"/collections/{name}/search", content=body).status_code == 200
         except httpx.HTTPError:
             ok = False
         out.append(time.perf_counter() - t0)
@@ -218,25 +169,103 @@ def latencies(client: httpx.Client, name: str, bodies: list[bytes], seconds: flo
     return np.array(out), failures
 
 
+def wait_job(client: httpx.Client, job_id: str, timeout: float) -> dict:
+    """Poll GET /jobs/{job_id} until the job has succeeded or failed; returns its JSON.
+    RuntimeError if it is still queued or running after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get(f"/jobs/{job_id}")
+        r.raise_for_status()
+        job = r.json()
+        if job["state"] not in ("queued", "running"):
+            return job
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"rebuild job {job_id} still {job['state']} at {job['progress']:.0%} after {timeout:.0f}s "
+                "(--rebuild-timeout)"
+            )
+        time.sleep(0.2)
+
+
+def start_rebuild(client: httpx.Client, name: str) -> str:
+    r = client.post(f"/collections/{name}/rebuild")
+    r.raise_for_status()
+    return r.json()["job_id"]
+
+
+def check_succeeded(job: dict) -> dict:
+    if job["state"] != "succeeded":
+        raise RuntimeError(f"rebuild {job['state']}: {job.get('error')}")
+    return job
+
+
+def rebuild_and_wait(client: httpx.Client, name: str, timeout: float) -> dict:
+    return check_succeeded(wait_job(client, start_rebuild(client, name), timeout))
+
+
+def searches_during_rebuild(
+    client: httpx.Client, url: str, name: str, bodies: list[bytes], timeout: float
+) -> tuple[np.ndarray, int]:
+    """Start a rebuild and run the single-client search loop until it ends: (latencies, failures).
+    A second connection watches the job; whatever happens to it, it ends the search loop."""
+    job_id = start_rebuild(client, name)
+    stop = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def watch() -> None:
+        try:
+            with httpx.Client(base_url=url, timeout=30) as c:
+                outcome["job"] = wait_job(c, job_id, timeout)
+        except Exception as exc:  # handed to the main thread, which raises it
+            outcome["error"] = exc
+        finally:
+            stop.set()
+
+    watcher = threading.Thread(target=watch, name="bench-http-watch", daemon=True)
+    watcher.start()
+    # The loop's own deadline is a backstop: the watcher's deadline ends it first.
+    during, failures = latencies(client, name, bodies, seconds=timeout + 60, stop=stop)
+    watcher.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    check_succeeded(outcome["job"])
+    return during, failures
+
+
 def wrk(url: str, bodies: list[bytes], workdir: Path, connections: int, seconds: int) -> dict[str, float]:
+    """`wrk --latency` for `seconds` at `connections` connections, POSTing `bodies` in turn."""
     exe = shutil.which("wrk")
     if exe is None:
-        raise SystemExit("wrk is not installed (apt-get install wrk)")
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
     script, data = workdir / "search.lua", workdir / "bodies.jsonl"
     script.write_text(WRK_SCRIPT)
     data.write_bytes(b"\n".join(bodies) + b"\n")
     command = [exe, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
     command += ["--", str(data)]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    run = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60)
+    return parse_wrk(run.stdout)
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    """rps, p50_ms, p99_ms, failures (non-2xx/3xx answers + socket errors) and requests from
+    the text `wrk --latency` prints. RuntimeError naming what is missing."""
+
+    def find(pattern: str, what: str) -> re.Match:
+        m = re.search(pattern, out, re.M)
+        if m is None:
+            raise RuntimeError(f"wrk output has no {what}:\n{out}")
+        return m
+
+    result = {"rps": float(find(r"Requests/sec:\s+([\d.]+)", "Requests/sec").group(1))}
     for pct in ("50", "99"):
-        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
-        result[f"p{pct}_ms"] = float(m.group(1)) * scale
-    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+        m = find(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", f"{pct}% latency (run with --latency)")
+        result[f"p{pct}_ms"] = float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    result["failures"] = (int(m.group(1)) if m else 0) + (sum(map(int, errors.groups())) if errors else 0)
-    result["requests"] = int(re.search(r"(\d+) requests in", out).group(1))
+    result["failures"] = (int(non_2xx.group(1)) if non_2xx else 0) + (
+        sum(map(int, errors.groups())) if errors else 0
+    )
+    result["requests"] = int(find(r"(\d+) requests in", "request count").group(1))
     return result
 
 
@@ -247,136 +276,136 @@ def pct_ms(x: np.ndarray, q: float) -> float:
 # ---- the command --------------------------------------------------------------------------
 
 
+def measure(
+    server: ServeProcess, client: httpx.Client, workdir: Path, data: Dataset, kind: str, connections: int,
+    ingest_clients: int, seconds: int, target_recall: float, rebuild_timeout: float,
+) -> list[tuple[str, str, str]]:  # fmt: skip
+    """Every measurement against the running server: the report's (label, value, target) rows."""
+    base, qs = data.base, data.queries
+    n = base.shape[0]
+    t0 = time.perf_counter()
+    truth, _ = brute_force_knn(base, qs, K, data.metric, batch=256)
+    print(f"ground truth in {time.perf_counter() - t0:.1f}s")
+
+    name = "bench"
+    body = {"name": name, "dim": data.dim, "metric": data.metric, "index": {"kind": kind}}
+    client.post("/collections", json=body).raise_for_status()
+    ids = [str(i) for i in range(n)]
+    half = n // 2
+    cpu = server.cpu_seconds()
+    rate_json = ingest(server.url, name, ids[:half], base[:half], False, ingest_clients)
+    cpu_json, cpu = (server.cpu_seconds() - cpu) / max(half, 1), server.cpu_seconds()
+    rate_b64 = ingest(server.url, name, ids[half:], base[half:], True, ingest_clients)
+    cpu_b64 = (server.cpu_seconds() - cpu) / (n - half)
+    rows = [
+        (f"ingest, JSON lists, {ingest_clients} conns (vec/s)", f"{rate_json:,.0f}", ">= 20,000"),
+        ("  server CPU per vector (us)", f"{cpu_json * 1e6:.0f}", ""),
+        (f"ingest, base64, {ingest_clients} conns (vec/s)", f"{rate_b64:,.0f}", ">= 20,000"),
+        ("  server CPU per vector (us)", f"{cpu_b64 * 1e6:.0f}", ""),
+    ]
+    print(f"ingest: {rate_json:,.0f} vec/s (JSON), {rate_b64:,.0f} vec/s (base64)")
+
+    t = time.perf_counter()
+    job = rebuild_and_wait(client, name, rebuild_timeout)
+    build_s = time.perf_counter() - t
+    info = client.get(f"/collections/{name}").json()
+    print(f"rebuild: {job['state']} in {build_s:.1f}s; index {info['index']}")
+
+    # The smallest ef reaching the target recall on these queries (kinds without ef: defaults).
+    has_ef = kind in ("hnswlib", "hnsw")
+    for ef in EF_LADDER if has_ef else (None,):
+        params = {"ef": ef} if has_ef else {}
+        recall = search_recall(client, name, qs, truth, params)
+        print(f"  {params or 'default params'}: recall@{K} {recall:.3f}")
+        if recall >= target_recall:
+            break
+    bodies = search_bodies(qs, K, params)
+    rows.append((f"recall@{K} at {params or 'defaults'}", f"{recall:.3f}", f">= {target_recall}"))
+
+    latencies(client, name, bodies[:200])  # warm up
+    lat, failures = latencies(client, name, bodies)
+    rows += [
+        ("single client p50 (ms)", f"{pct_ms(lat, 50):.2f}", "< 2"),
+        ("single client p99 (ms)", f"{pct_ms(lat, 99):.2f}", ""),
+    ]
+    print(f"single client: p50 {pct_ms(lat, 50):.2f} ms, p99 {pct_ms(lat, 99):.2f} ms, failures {failures}")
+
+    cpu = server.cpu_seconds()
+    result = wrk(f"{server.url}/collections/{name}/search", bodies, workdir, connections, seconds)
+    cpu_search = (server.cpu_seconds() - cpu) / max(result["requests"], 1)
+    rows += [
+        (f"throughput, {connections} conns (searches/s)", f"{result['rps']:,.0f}", ">= 2,000"),
+        ("  server CPU per search (us)", f"{cpu_search * 1e6:.0f}", ""),
+        ("  wrk p50 / p99 (ms)", f"{result['p50_ms']:.2f} / {result['p99_ms']:.2f}", ""),
+        ("  wrk failures", f"{result['failures']} of {result['requests']}", "0"),
+    ]
+    print(f"wrk: {result}")
+
+    # Searches during a rebuild: the same single-client loop, before and while it runs.
+    before, fail_before = latencies(client, name, bodies, seconds=8)
+    # One more item, so that the rebuild has something new to index.
+    extra = orjson.dumps({"items": [{"id": "extra", "vector": qs[0]}]}, option=orjson.OPT_SERIALIZE_NUMPY)
+    client.post(f"/collections/{name}/vectors", content=extra).raise_for_status()
+    during, fail_during = searches_during_rebuild(client, server.url, name, bodies, rebuild_timeout)
+    rows.append(("p99 before rebuild (ms)", f"{pct_ms(before, 99):.2f}", ""))
+    if len(during):
+        ratio = pct_ms(during, 99) / pct_ms(before, 99)
+        rows.append(("p99 during rebuild (ms)", f"{pct_ms(during, 99):.2f} ({ratio:.1f}x)", "<= 3x"))
+    else:
+        print("note: the rebuild finished before the first search; no latency during a rebuild "
+              "(a larger --n makes it last longer)")  # fmt: skip
+        rows.append(("p99 during rebuild (ms)", "none: rebuild too short", "<= 3x"))
+    rows.append(("failures before / during", f"{fail_before} / {fail_during} of {len(during)}", "0"))
+    return rows
+
+
 def bench_http(
-    n: int = typer.Option(50_000, help="items in the collection"),
-    dim: int = typer.Option(384, help="vector dimension"),
-    queries: int = typer.Option(1000, help="distinct query vectors"),
-    data: str = typer.Option("fashion", help="fashion (real, PCA to dim) or synthetic"),
+    n: int = typer.Option(50_000, min=1, help="items in the collection (fashion: at most 60,000)"),
+    dim: int = typer.Option(384, min=1, help="vector dimension"),
+    queries: int = typer.Option(1000, min=1, help="distinct query vectors"),
+    data: str = typer.Option("fashion", help="fashion (real, PCA to dim; synthetic if missing) or synthetic"),
     kind: str = typer.Option("hnswlib", help="index kind of the collection"),
-    connections: int = typer.Option(16, help="concurrent connections for the throughput run"),
-    ingest_clients: int = typer.Option(2, help="concurrent connections sending upsert batches"),
-    seconds: int = typer.Option(10, help="length of the throughput run"),
+    connections: int = typer.Option(16, min=1, help="concurrent connections for the throughput run"),
+    ingest_clients: int = typer.Option(2, min=1, help="concurrent connections sending upsert batches"),
+    seconds: int = typer.Option(10, min=1, help="length of the throughput run"),
     target_recall: float = typer.Option(0.95, help="pick the smallest ef reaching this recall@10"),
+    rebuild_timeout: float = typer.Option(1800, min=1, help="seconds a rebuild may take, then the run fails"),
     keep: Optional[Path] = typer.Option(None, help="keep the server's data and log in this directory"),
 ) -> None:
     """Measure the service over HTTP: ingest, recall, latency, throughput, search during a rebuild."""
-    k = 10
     load_before = f"{os.getloadavg()[0]:.1f}"
-    t0 = time.perf_counter()
     try:
-        base, qs, source = (synthetic if data == "synthetic" else fashion_pca)(n, queries, dim)
+        dataset, source = load_data(data, n, queries, dim)
     except ValueError as exc:
-        print(f"fashion data unavailable ({exc}); using synthetic data")
-        base, qs, source = synthetic(n, queries, dim)
-    truth = exact_top_k(base, qs, k)
-    print(f"data: {source}; {len(qs)} queries; ground truth in {time.perf_counter() - t0:.1f}s")
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    n, dim = dataset.base.shape
+    print(f"data: {source}; {len(dataset.queries)} queries")
 
     workdir = Path(keep or tempfile.mkdtemp(prefix="annserve-bench-http-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    # No automatic rebuild during ingest: the rebuild is measured on its own below.
-    server = ServerProcess(workdir / "data", {"ANNSERVE_FRESH_LIMIT": str(10 * n)})
-    client = httpx.Client(base_url=server.url, timeout=600)
-    rows: list[tuple[str, str, str]] = []
+    # No automatic rebuild during ingest: the rebuild is measured on its own.
+    server = ServeProcess(workdir / "data", workdir / "server.log", {"ANNSERVE_FRESH_LIMIT": str(10 * n)})
+    finished = False
     try:
-        server.wait_ready(client)
-        name = "bench"
-        body = {"name": name, "dim": base.shape[1], "metric": "cosine", "index": {"kind": kind}}
-        client.post("/collections", json=body).raise_for_status()
-        ids = [str(i) for i in range(n)]
-        half = n // 2
-        cpu = server.cpu_seconds()
-        rate_json = ingest(server.url, name, ids[:half], base[:half], False, 1000, ingest_clients)
-        cpu_json, cpu = (server.cpu_seconds() - cpu) / half, server.cpu_seconds()
-        rate_b64 = ingest(server.url, name, ids[half:], base[half:], True, 1000, ingest_clients)
-        cpu_b64 = (server.cpu_seconds() - cpu) / (n - half)
-        rows += [
-            (f"ingest, JSON lists, {ingest_clients} conns (vec/s)", f"{rate_json:,.0f}", ">= 20,000"),
-            ("  server CPU per vector (us)", f"{cpu_json * 1e6:.0f}", ""),
-            (f"ingest, base64, {ingest_clients} conns (vec/s)", f"{rate_b64:,.0f}", ">= 20,000"),
-            ("  server CPU per vector (us)", f"{cpu_b64 * 1e6:.0f}", ""),
-        ]
-        print(f"ingest: {rate_json:,.0f} vec/s (JSON), {rate_b64:,.0f} vec/s (base64)")
-
-        t = time.perf_counter()
-        job = rebuild_and_wait(client, name)
-        build_s = time.perf_counter() - t
-        info = client.get(f"/collections/{name}").json()
-        print(f"rebuild: {job['state']} in {build_s:.1f}s; index {info['index']}")
-
-        # The smallest ef reaching the target recall on these queries.
-        ef, recall = None, 0.0
-        for ef in (10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512):
-            recall = recall_at(client, name, qs, truth, k, {"ef": ef} if kind in ("hnswlib", "hnsw") else {})
-            print(f"  ef={ef}: recall@10 {recall:.3f}")
-            if recall >= target_recall or kind not in ("hnswlib", "hnsw"):
-                break
-        params = {"ef": ef} if kind in ("hnswlib", "hnsw") else {}
-        bodies = search_bodies(qs, k, params)
-        rows.append((f"recall@10 at {params or 'defaults'}", f"{recall:.3f}", f">= {target_recall}"))
-
-        latencies(client, name, bodies[:200])  # warm up
-        lat, failures = latencies(client, name, bodies)
-        rows += [
-            ("single client p50 (ms)", f"{pct_ms(lat, 50):.2f}", "< 2"),
-            ("single client p99 (ms)", f"{pct_ms(lat, 99):.2f}", ""),
-        ]
-        print(f"single client: p50 {pct_ms(lat, 50):.2f} ms, p99 {pct_ms(lat, 99):.2f} ms, "
-              f"failures {failures}")
-
-        cpu = server.cpu_seconds()
-        result = wrk(f"{server.url}/collections/{name}/search", bodies, workdir, connections, seconds)
-        cpu_search = (server.cpu_seconds() - cpu) / result["requests"]
-        rows += [
-            (f"throughput, {connections} conns (searches/s)", f"{result['rps']:,.0f}", ">= 2,000"),
-            ("  server CPU per search (us)", f"{cpu_search * 1e6:.0f}", ""),
-            (f"  wrk p50 / p99 (ms)", f"{result['p50_ms']:.2f} / {result['p99_ms']:.2f}", ""),
-            ("  wrk failures", f"{result['failures']} of {result['requests']}", "0"),
-        ]
-        print(f"wrk: {result}")
-
-        # Searches during a rebuild: the same single-client loop, before and while it runs.
-        before, fail_before = latencies(client, name, bodies, seconds=8)
-        # One more item, so that the rebuild has something new to index.
-        extra = orjson.dumps({"items": [{"id": "extra", "vector": qs[0]}]}, option=orjson.OPT_SERIALIZE_NUMPY)
-        client.post(f"/collections/{name}/vectors", content=extra).raise_for_status()
-        job_id = client.post(f"/collections/{name}/rebuild", json={}).json()["job_id"]
-        stop = threading.Event()
-
-        def watch() -> None:
-            with httpx.Client(base_url=server.url, timeout=30) as c:
-                while c.get(f"/jobs/{job_id}").json()["state"] in ("queued", "running"):
-                    time.sleep(0.2)
-            stop.set()
-
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        during, fail_during = latencies(client, name, bodies, stop=stop)
-        watcher.join()
-        ratio = pct_ms(during, 99) / pct_ms(before, 99)
-        rows += [
-            ("p99 before rebuild (ms)", f"{pct_ms(before, 99):.2f}", ""),
-            ("p99 during rebuild (ms)", f"{pct_ms(during, 99):.2f} ({ratio:.1f}x)", "<= 3x"),
-            ("failures before / during", f"{fail_before} / {fail_during} of {len(during)}", "0"),
-        ]
+        client = server.start(request_timeout=REQUEST_TIMEOUT)
+        try:
+            rows = measure(server, client, workdir, dataset, kind, connections, ingest_clients, seconds,
+                           target_recall, rebuild_timeout)  # fmt: skip
+        finally:
+            client.close()
+        finished = True
     finally:
-        client.close()
         server.stop()
-        if keep is None:
+        if not finished:  # what the server logged is the first thing to read: keep it
+            print(f"bench-http failed; the server's data and log are kept in {workdir}", file=sys.stderr)
+        elif keep is None:
             shutil.rmtree(workdir, ignore_errors=True)
 
     width = max(len(r[0]) for r in rows)
-    print(f"\nannserve bench-http: {n} x {dim}, {kind}, cosine; data: {source}")
+    print(f"\nannserve bench-http: {n} x {dim}, {kind}, {dataset.metric}; data: {source}")
     load_after = f"{os.getloadavg()[0]:.1f}"
     print(f"machine: {os.cpu_count()} CPUs, load average {load_before} before, {load_after} after")
     print(f"{'measure'.ljust(width)}  {'value':>22}  target")
     for label, value, target in rows:
         print(f"{label.ljust(width)}  {value:>22}  {target}")
-
-
-def rebuild_and_wait(client: httpx.Client, name: str) -> dict:
-    job_id = client.post(f"/collections/{name}/rebuild", json={}).json()["job_id"]
-    while (job := client.get(f"/jobs/{job_id}").json())["state"] in ("queued", "running"):
-        time.sleep(0.5)
-    if job["state"] != "succeeded":
-        raise SystemExit(f"rebuild failed: {job}")
-    return job

@@ -1,4 +1,5 @@
-"""The `annserve` command: `serve` runs the HTTP service, `bench` the index benchmark harness."""
+"""The `annserve` command: `serve` runs the HTTP service, `bench` the index benchmark harness,
+`bench-http` measures the running service over real HTTP (ingest, recall, latency, throughput)."""
 
 from __future__ import annotations
 

