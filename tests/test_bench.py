@@ -103,6 +103,19 @@ class BrokenIndex(Index):
         raise RuntimeError("half-written kind")
 
 
+def test_peer_build_params_override_their_defaults(tmp_path: Path, glove_npy: Path) -> None:
+    out = tmp_path / "out"
+    result = invoke(
+        tmp_path, "--dataset", str(glove_npy), "--metric", "cosine", "--queries", "50", "--kinds", "flat",
+        "--out", str(out), "--build-params", "faiss_lsh:nbits_per_dim=8", "--sweep", "annoy:search_k=100",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    builds = {row["kind"]: json.loads(row["build_params"]) for row in read_rows(out)}
+    assert builds["faiss_lsh"] == {"nbits_per_dim": 8, "nbits": 8 * 50}  # fixed, not swept
+    assert builds["annoy"] == {"n_trees": 50}  # the class's build_defaults
+    assert [row["kind"] for row in read_rows(out)].count("faiss_lsh") == 1
+
+
 def test_failing_kind_is_reported_and_skipped(
     tmp_path: Path, glove_npy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

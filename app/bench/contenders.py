@@ -15,7 +15,6 @@ from indexes import create_index
 from ..datasets import Dataset
 
 FAISS_LSH_MAX_BITS = 4096  # its random rotation costs ~nbits^3 to build: 12,544 bits (784 x 16) hang
-PEER_BUILD_DEFAULTS: dict[str, dict[str, Any]] = {"annoy": {"n_trees": 50}, "faiss_lsh": {}}
 
 
 class KindContender:
@@ -49,11 +48,15 @@ class KindContender:
     def search(self, q: np.ndarray, k: int, params: dict[str, Any]) -> np.ndarray:
         return self.index.search(q, k, **params)[0]
 
-    def set_threads(self, n: int) -> None:
-        # hnswlib takes its thread count per object; FAISS and numba are set process-wide.
+    def set_threads(self, n: int) -> int | None:
+        """Set the index's own thread count; returns the previous one, None if it has none.
+        hnswlib takes its thread count per object; FAISS and numba are set process-wide."""
         library = getattr(self.index, "library_index", None)
-        if hasattr(library, "set_num_threads"):
-            library.set_num_threads(n)
+        if not hasattr(library, "set_num_threads"):
+            return None
+        previous = library.num_threads
+        library.set_num_threads(n)
+        return previous
 
 
 class AnnoyContender:
@@ -61,13 +64,14 @@ class AnnoyContender:
 
     name = "annoy"
     has_batch = False
+    build_defaults: dict[str, Any] = {"n_trees": 50}
     build_knobs: frozenset[str] = frozenset({"n_trees"})
     METRICS = {"cosine": "angular", "l2": "euclidean", "ip": "dot"}
 
     def build(self, data: Dataset, params: dict[str, Any]) -> None:
         import annoy
 
-        self.params = {**PEER_BUILD_DEFAULTS["annoy"], **params}
+        self.params = {**self.build_defaults, **params}
         self.index = annoy.AnnoyIndex(data.dim, self.METRICS[data.metric])
         for i, row in enumerate(data.base):
             self.index.add_item(i, row)
@@ -96,7 +100,7 @@ class AnnoyContender:
         return out
 
     def set_threads(self, n: int) -> None:
-        """Annoy searches on the calling thread only."""
+        """Annoy searches on the calling thread only: nothing to set."""
 
 
 class FaissLSHContender:
@@ -105,12 +109,13 @@ class FaissLSHContender:
 
     name = "faiss_lsh"
     has_batch = True
+    build_defaults: dict[str, Any] = {"nbits_per_dim": 4}
     build_knobs: frozenset[str] = frozenset({"nbits_per_dim"})
 
     def build(self, data: Dataset, params: dict[str, Any]) -> None:
         import faiss
 
-        per_dim = params.get("nbits_per_dim", 4)
+        per_dim = {**self.build_defaults, **params}["nbits_per_dim"]
         nbits = per_dim * data.dim
         if nbits > FAISS_LSH_MAX_BITS:
             raise ValueError(
@@ -137,7 +142,9 @@ class FaissLSHContender:
         return self.index.search(q, k)[1]
 
     def set_threads(self, n: int) -> None:
-        """FAISS threads are set process-wide by `single_thread`."""
+        """FAISS threads are set process-wide by `single_thread`: nothing to set here."""
 
 
 PEERS = {"annoy": AnnoyContender, "faiss_lsh": FaissLSHContender}
+# A view for app/bench/sweeps.py, which still reads it: each peer's `build_defaults`, not a copy.
+PEER_BUILD_DEFAULTS: dict[str, dict[str, Any]] = {name: cls.build_defaults for name, cls in PEERS.items()}

@@ -3,7 +3,6 @@ thread) and batch QPS for each search setting, as `Result` points."""
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ from rich.progress import Progress
 from indexes import recall_at_k
 
 from ..datasets import Dataset
-from .contenders import PEER_BUILD_DEFAULTS, PEERS, KindContender
+from .contenders import PEERS, KindContender
 from .sweeps import clamp_to_build, compact, expand
 
 TIMING_PASSES = 3
@@ -38,25 +37,27 @@ class Result:
 
     @property
     def is_peer(self) -> bool:
-        return self.kind in PEER_BUILD_DEFAULTS
+        return self.kind in PEERS
 
 
 @contextmanager
 def single_thread(contender: Any) -> Iterator[None]:
-    """Pin FAISS (OpenMP), numba and hnswlib to one thread, then restore what was set."""
+    """Pin FAISS (OpenMP), numba and the contender's own threads (hnswlib's, per index) to one,
+    then restore the counts each had before."""
     import faiss
     import numba
 
     faiss_threads, numba_threads = faiss.omp_get_max_threads(), numba.get_num_threads()
     faiss.omp_set_num_threads(1)
     numba.set_num_threads(1)
-    contender.set_threads(1)
+    own_threads = contender.set_threads(1)
     try:
         yield
     finally:
         faiss.omp_set_num_threads(faiss_threads)
         numba.set_num_threads(numba_threads)
-        contender.set_threads(os.cpu_count() or 1)
+        if own_threads is not None:
+            contender.set_threads(own_threads)
 
 
 def median_seconds(run: Any, passes: int = TIMING_PASSES) -> float:
@@ -102,7 +103,9 @@ def run_contender(
     Returns the results and the reasons for what was skipped; never raises for a kind's fault.
     """
     contender = PEERS[kind]() if kind in PEERS else KindContender(kind)
-    build_grid = {n: v for n, v in grid.items() if n in contender.build_knobs}
+    # A build knob given in --build-params is fixed: the default sweep of it (faiss_lsh's
+    # nbits_per_dim) would otherwise override it.
+    build_grid = {n: v for n, v in grid.items() if n in contender.build_knobs and n not in build_overrides}
     search_grid = {n: v for n, v in grid.items() if n not in contender.build_knobs}
     results, skipped = [], []
     for build_setting in expand(build_grid):
