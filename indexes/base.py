@@ -119,6 +119,8 @@ MAX_INT_PARAM = 2**31 - 1
 # hnswlib preallocates them; hnswlib itself silently lowers a larger M to 10,000. Typical
 # values are 8-64.
 MAX_M = 1024
+# Seeds of the in-house kinds: numba computes per-tree seeds in int64, so keep them 32-bit.
+MAX_SEED = 2**32 - 1
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1, maximum: int | None = MAX_INT_PARAM) -> int:
@@ -142,6 +144,9 @@ class Index:
       train time" (the kind records the value it chose in `self.build_params`).
     - `search_defaults`: search parameter -> default; a kind may refine them at train time.
     - `needs_training`: whether `add` requires a prior `train`.
+    - `param_bounds`: integer parameter -> (min, max) where it differs from [1, 2**31 - 1];
+      the default `_check_param` enforces it, so a kind overrides `_check_param` only for rules
+      that are not a range (a choice of strings, "divides dim").
     """
 
     kind: ClassVar[str] = ""
@@ -149,6 +154,7 @@ class Index:
     build_defaults: ClassVar[dict[str, Any]] = {}
     search_defaults: ClassVar[dict[str, Any]] = {}
     needs_training: ClassVar[bool] = False
+    param_bounds: ClassVar[dict[str, tuple[int, int | None]]] = {}
 
     def __init__(self, dim: int, metric: str = "l2", **build_params: Any) -> None:
         self.dim = check_positive_int("dim", dim)
@@ -169,7 +175,8 @@ class Index:
             )
         self.build_params: dict[str, Any] = {**self.build_defaults, **build_params}
         for name, value in build_params.items():
-            if value is not None:
+            # None means "computed at train time" only where that is the default.
+            if value is not None or self.build_defaults[name] is not None:
                 self.build_params[name] = self._check_param(name, value)
         self.search_params: dict[str, Any] = dict(self.search_defaults)
         self.is_trained = not self.needs_training
@@ -183,7 +190,10 @@ class Index:
         self.is_trained = True
 
     def add(self, x: Any, ids: Any) -> None:
-        """Add (n, dim) float32 vectors with (n,) int64 ids (>= 0, unique)."""
+        """Add (n, dim) float32 vectors with (n,) int64 ids (>= 0). Ids should be unique: what a
+        repeated id does depends on the kind (hnswlib replaces the vector, the others keep
+        both), so callers that replace items remove or tombstone the old one, as the service
+        does."""
         vectors = self._prepare(x, "add")
         labels = as_ids(ids, vectors.shape[0])
         if not self.is_trained:
@@ -272,8 +282,9 @@ class Index:
         raise NotImplementedError
 
     def _check_param(self, name: str, value: Any) -> Any:
-        """Validate one build or search parameter; the default accepts positive integers."""
-        return check_positive_int(name, value)
+        """Validate one build or search parameter: an integer within `param_bounds`."""
+        minimum, maximum = self.param_bounds.get(name, (1, MAX_INT_PARAM))
+        return check_positive_int(name, value, minimum, maximum)
 
     # ---- shared helpers ----
 

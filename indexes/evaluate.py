@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import as_vectors, check_positive_int, higher_is_better, normalize_rows
+from .base import METRICS, as_vectors, check_positive_int, higher_is_better, normalize_rows
 
 
 def brute_force_knn(
@@ -16,6 +16,8 @@ def brute_force_knn(
     contract's convention (cosine similarity, inner product, or squared L2 distance).
     Independent of FAISS on purpose, so that tests do not grade FAISS with FAISS.
     """
+    if metric not in METRICS:
+        raise ValueError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}")
     dim = np.asarray(base).shape[-1]
     base = as_vectors(base, dim, "base")
     queries = as_vectors(queries, dim, "queries")

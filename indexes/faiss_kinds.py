@@ -28,7 +28,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .base import MAX_M, Index, as_ids, check_positive_int, serialize_bytes
+from .base import MAX_M, Index, as_ids, serialize_bytes
 
 # FAISS k-means wants this many training points per centroid before it stops warning.
 MIN_POINTS_PER_CENTROID = 39
@@ -80,12 +80,19 @@ def default_nbits(n: int) -> int:
     return min(8, int(math.log2(n / MIN_POINTS_PER_CENTROID)))
 
 
+MAX_RERANK = 1024
+
+
 class _FaissIndex(Index):
     """Shared plumbing: one FAISS index in `library_index`, searched with per-call params.
 
     A kind implements `_build(x)` (a new, trained, empty FAISS index that maps user ids;
     x is None for kinds that need no training) and `_search_parameters(params, k)`.
     """
+
+    # M: HNSW links per node (see MAX_M). nbits: PQ codebooks of 2**nbits entries. rerank: k x
+    # rerank candidates are re-scored, and FAISS allocates them all at once.
+    param_bounds = {"M": (2, MAX_M), "nbits": (1, 16), "rerank": (1, MAX_RERANK)}
 
     def __init__(self, dim: int, metric: str = "l2", **build_params: Any) -> None:
         super().__init__(dim, metric, **build_params)
@@ -110,15 +117,11 @@ class _FaissIndex(Index):
                 choices = ", ".join(repr(c) for c in REFINE_CHOICES)
                 raise ValueError(f"refine: expected one of {choices}, got {value!r}")
             return value
-        if name == "M":
-            return check_positive_int(name, value, minimum=2, maximum=MAX_M)
-        value = check_positive_int(name, value)
+        value = super()._check_param(name, value)
         if name == "m" and self.dim % value:
             raise ValueError(
                 f"m: expected a divisor of dim={self.dim} (sub-vectors of equal length), got {value}"
             )
-        if name == "nbits" and value > 16:
-            raise ValueError(f"nbits: expected an integer in [1, 16], got {value}")
         if name == "rerank" and value != 1 and self.build_params.get("refine") == "none":
             raise ValueError(
                 f"rerank: expected 1 for an index built with refine='none' (it keeps no copy "

@@ -47,6 +47,9 @@ memory 237 MB against Annoy's 348 MB file.
 or save. Adding in many small batches between searches therefore rebuilds each time: for a
 growing collection, add in bulk (the service buffers fresh writes and rebuilds in the
 background).
+
+Threads: any number of concurrent searches (per-thread scratch, GIL released); `add` and
+`save` may run beside them (searches use an immutable snapshot of the forest).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from typing import Any
 
 import numba
 import numpy as np
-from .base import Index, check_positive_int
+from .base import MAX_INT_PARAM, MAX_SEED, Index
 from .prefetch import prefetch
 
 _JIT = dict(nogil=True, cache=True, fastmath=True)
@@ -380,12 +383,7 @@ def _search_one(
             if pq_size > 0:
                 _heap_sift_down(pq_keys, pq_codes, pq_size, pq_keys[pq_size], pq_codes[pq_size])
                 # The next subtree to pop is known now: start fetching its top.
-                following = pq_codes[0]
-                if following >= 0:
-                    prefetch(hyperplanes, following, 0)
-                    prefetch(children, following, 0)
-                else:
-                    prefetch(leaf_offsets, -following - 1, 0)
+                _prefetch_node(pq_codes[0], dim, hyperplanes, children, scales, offsets, leaf_offsets)
         else:
             break
         # Descend to a leaf along the near side, queueing each far side. This visits leaves in
@@ -578,12 +576,7 @@ class ForestIndex(Index):
 
     # ---- parameters
 
-    def _check_param(self, name: str, value: Any) -> Any:
-        if name == "seed":
-            return check_positive_int(name, value, minimum=0, maximum=None)  # numpy takes any size
-        if name == "leaf_size":
-            return check_positive_int(name, value, minimum=2)
-        return check_positive_int(name, value)
+    param_bounds = {"seed": (0, MAX_SEED), "leaf_size": (2, MAX_INT_PARAM)}
 
     def _leaf_size(self) -> int:
         leaf_size = self.build_params.get("leaf_size")
@@ -690,9 +683,14 @@ class ForestIndex(Index):
     # ---- persistence
 
     def _state(self) -> dict[str, np.ndarray]:
-        if len(self):
-            self._ensure_built()
-        return {"vectors": self._vectors, "ids": self._ids, **(self._forest or {})}
+        while True:
+            if len(self):
+                self._ensure_built()
+            with self._lock:
+                # An add that slipped in after the build would leave vectors without trees in
+                # the file: read trees and vectors together, building again if that happened.
+                if self._forest is not None or not len(self):
+                    return {"vectors": self._vectors, "ids": self._ids, **(self._forest or {})}
 
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
         self._vectors = np.ascontiguousarray(arrays["vectors"], dtype=np.float32)

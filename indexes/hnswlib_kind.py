@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import hnswlib
 import numpy as np
 
-from .base import MAX_M, Index, check_positive_int, serialize_bytes
+from .base import MAX_M, Index, serialize_bytes
 
 INITIAL_CAPACITY = 1024
 # hnswlib's per-element extras besides vector and links: the level-0 link count (4 bytes),
@@ -106,11 +106,8 @@ class HnswlibIndex(Index):
         )
         self._gate = _EfGate(self.library_index.set_ef, self.search_params["ef"])
 
-    def _check_param(self, name: str, value: Any) -> Any:
-        # hnswlib needs at least two links per node to build a connected graph.
-        if name == "M":
-            return check_positive_int(name, value, minimum=2, maximum=MAX_M)
-        return check_positive_int(name, value)
+    # hnswlib needs at least two links per node to build a connected graph.
+    param_bounds = {"M": (2, MAX_M)}
 
     def _add(self, x: np.ndarray, ids: np.ndarray) -> None:
         with self._gate.exclusive():
@@ -124,7 +121,15 @@ class HnswlibIndex(Index):
         # One query gains nothing from a thread pool; a batch uses all cores.
         threads = 1 if q.shape[0] == 1 else -1
         with self._gate.searching(params["ef"]):
-            labels, distances = self.library_index.knn_query(q, k=k, num_threads=threads)
+            try:
+                labels, distances = self.library_index.knn_query(q, k=k, num_threads=threads)
+            except RuntimeError:
+                # hnswlib cannot pad: a graph built too sparse to reach k items raises this.
+                raise ValueError(
+                    f"hnswlib reached fewer than k={k} of its {len(self)} items at ef={params['ef']}: "
+                    f"search with a larger ef, or rebuild with a larger M (now {self.build_params['M']}) "
+                    f"or ef_construction (now {self.build_params['ef_construction']})"
+                ) from None
         # hnswlib's "ip" space returns the distance 1 - <q, x>; the contract wants <q, x>.
         # Its "l2" space is already the squared Euclidean distance.
         scores = 1.0 - distances if self.space == "ip" else distances

@@ -3,7 +3,9 @@
 Structure (all flat numpy arrays, as in pynndescent's trees):
 - `planes` (n_tables * n_bits, dim + 1) float32 and `bias` (n_tables * n_bits,) float32:
   bit b of table t is `planes[t*n_bits + b] . lift(x) > bias[t*n_bits + b]`. The normals of
-  one table are orthogonal (when n_bits <= dim + 1), so no two bits measure the same thing.
+  one table are drawn orthogonal in the lifted (dim + 1)-space (when n_bits <= dim + 1), so
+  that no two bits measure the same thing; for cosine and l2 the lift coordinate is unused,
+  and their first dim parts are only nearly orthogonal.
 - per table a CSR bucket list over all 2**n_bits keys: `offsets` (n_tables, 2**n_bits + 1)
   int32, nondecreasing, and `members` (n_tables * n,) int32 row positions; the rows of
   bucket `key` of table t are `members[t*n + offsets[t, key] : t*n + offsets[t, key + 1]]`.
@@ -70,7 +72,12 @@ fast there, and `probes=8` is enough for recall 0.95.
 
 What it cannot do: memory grows with n_tables (4 bytes per row per table plus the
 vectors); deletions are not supported (rebuild); the hyperplanes are fixed at train
-time, so data that drifts far from the training sample gets unbalanced buckets.
+time, so data that drifts far from the training sample gets unbalanced buckets; each
+`add` rebuilds every table over all rows (add in bulk).
+
+Threads: any number of concurrent searches (per-thread scratch, GIL released); `train` and
+`add` must not run while another thread searches the same index (the service keeps writes
+and searches apart with a readers-writer lock).
 """
 
 from __future__ import annotations
@@ -81,7 +88,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from .base import Index, check_positive_int
+from .base import MAX_SEED, Index
 from .prefetch import prefetch
 
 _MAX_BITS = 24  # offsets hold 2**n_bits + 1 entries per table
@@ -444,16 +451,7 @@ class LSHIndex(Index):
         if self.is_trained:
             self._offsets = np.zeros((n_tables, (1 << n_bits) + 1), dtype=np.int32)
 
-    def _check_param(self, name: str, value: Any) -> Any:
-        if name == "seed":
-            return check_positive_int(name, value, minimum=0, maximum=None)  # numpy takes any size
-        value = check_positive_int(name, value)
-        if name == "n_bits" and value > _MAX_BITS:
-            raise ValueError(
-                f"n_bits: expected an integer in [1, {_MAX_BITS}] (each table holds "
-                f"2**n_bits bucket offsets), got {value}"
-            )
-        return value
+    param_bounds = {"seed": (0, MAX_SEED), "n_bits": (1, _MAX_BITS)}
 
     # ---- build
 
@@ -532,10 +530,9 @@ class LSHIndex(Index):
         return ids, scores
 
     def candidate_counts(self, q: np.ndarray, probes: int) -> np.ndarray:
-        """Distinct rows re-scored per query, (nq,) int64, at `probes`: the cost of a search.
-
-        `q` (nq, dim) float32 must be prepared as `search` would (unit rows for cosine)."""
-        return self._run(np.ascontiguousarray(q, dtype=np.float32), 1, probes)[2]
+        """Distinct rows re-scored per query, (nq,) int64, at `probes`: the cost of a search
+        of (nq, dim) queries `q`, checked and prepared as `search` does."""
+        return self._run(self._prepare(q, "queries"), 1, self._check_param("probes", probes))[2]
 
     def _run(self, q: np.ndarray, k: int, probes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # One kernel call per search and nothing else on the Python side: single-query

@@ -43,11 +43,13 @@ def create_index(kind: str, dim: int, metric: str = "l2", **build_params: Any) -
 def load_index(path: str | os.PathLike) -> Index:
     """The index saved at `path`; answers exactly as the saved one did."""
     meta, arrays = read_index_file(path)
-    cls = index_class(meta["kind"])
-    index = cls(meta["dim"], meta["metric"])
-    index.build_params = meta["build_params"]
-    index.search_params = meta["search_params"]
-    index.is_trained = meta["is_trained"]
-    if index.is_trained:
-        index._restore(arrays)
+    try:
+        index = index_class(meta["kind"])(meta["dim"], meta["metric"])
+        index.build_params = meta["build_params"]
+        index.search_params = meta["search_params"]
+        index.is_trained = meta["is_trained"]
+        if index.is_trained:
+            index._restore(arrays)
+    except KeyError as exc:  # a truncated or foreign file: same promise as read_index_file
+        raise ValueError(f"{path}: not a readable annserve index file (missing {exc})") from None
     return index

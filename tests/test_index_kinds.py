@@ -319,3 +319,58 @@ def test_flat_remove_drops_ids():
     assert index.remove(np.array([], dtype=np.int64)) == 0
     with pytest.raises(ValueError, match="ids"):
         index.remove(np.array([-3]))
+
+
+# ---- parameter bounds, corrupt files, sparse graphs (found in review) ----
+
+SMALL = np.random.default_rng(7).standard_normal((200, 8)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "kind, params, message",
+    [
+        ("forest", {"n_trees": None}, "n_trees: expected an integer"),  # None only where it is the default
+        ("hnswlib", {"M": None}, "M: expected an integer"),
+        ("pq", {"refine": None}, "refine: expected one of"),
+        ("lsh", {"seed": None}, "seed: expected an integer"),
+        ("forest", {"seed": 2**62}, r"seed: expected an integer in \[0, 4294967295\]"),
+        ("lsh", {"n_bits": 30}, r"n_bits: expected an integer in \[1, 24\]"),
+        ("hnsw", {"M": 1}, "M: expected an integer >= 2"),
+    ],
+)
+def test_build_params_are_checked_against_their_bounds(kind, params, message):
+    with pytest.raises(ValueError, match=message):
+        create_index(kind, 8, "l2", **params)
+
+
+def test_rerank_is_capped_before_faiss_allocates_it():
+    index = create_index("pq", 8, "l2", m=4, nbits=4)
+    index.train(SMALL)
+    index.add(SMALL, np.arange(len(SMALL)))
+    with pytest.raises(ValueError, match=r"rerank: expected an integer in \[1, 1024\], got 2147483647"):
+        index.search(SMALL[:1], 10, rerank=2**31 - 1)
+
+
+def test_an_index_file_with_missing_parts_is_a_value_error(tmp_path):
+    index = create_index("lsh", 8, "cosine")
+    index.train(SMALL)
+    index.add(SMALL, np.arange(len(SMALL)))
+    index.save(tmp_path / "whole.idx")
+    with np.load(tmp_path / "whole.idx") as archive:
+        parts = {name: archive[name] for name in archive.files if name != "vectors"}
+    with open(tmp_path / "cut.idx", "wb") as f:
+        np.savez(f, **parts)
+    with pytest.raises(ValueError, match="not a readable annserve index file.*vectors"):
+        load_index(tmp_path / "cut.idx")
+
+
+def test_hnswlib_graph_too_sparse_for_k_says_which_knob_to_raise():
+    index = create_index("hnswlib", 8, "l2", M=2, ef_construction=2)
+    index.add(SMALL, np.arange(len(SMALL)))
+    with pytest.raises(ValueError, match=r"fewer than k=200 .* larger ef.*M \(now 2\)"):
+        index.search(SMALL[:20], len(SMALL), ef=2)
+
+
+def test_brute_force_knn_rejects_an_unknown_metric():
+    with pytest.raises(ValueError, match="metric: expected one of cosine, ip, l2, got 'L2'"):
+        brute_force_knn(SMALL, SMALL[:2], 3, "L2")
