@@ -383,7 +383,14 @@ def _search_one(
             if pq_size > 0:
                 _heap_sift_down(pq_keys, pq_codes, pq_size, pq_keys[pq_size], pq_codes[pq_size])
                 # The next subtree to pop is known now: start fetching its top.
-                _prefetch_node(pq_codes[0], dim, hyperplanes, children, scales, offsets, leaf_offsets)
+                # Lighter than _prefetch_node on purpose: a pop happens per leaf, and fetching
+                # the whole next node here measured slower on GloVe (1,759 -> 1,487 QPS).
+                following = pq_codes[0]
+                if following >= 0:
+                    prefetch(hyperplanes, following, 0)
+                    prefetch(children, following, 0)
+                else:
+                    prefetch(leaf_offsets, -following - 1, 0)
         else:
             break
         # Descend to a leaf along the near side, queueing each far side. This visits leaves in
