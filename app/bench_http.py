@@ -232,11 +232,11 @@ def searches_during_rebuild(
     return during, failures
 
 
-def wrk(url: str, bodies: list[bytes], workdir: Path, connections: int, seconds: int) -> dict[str, float]:
-    """`wrk --latency` for `seconds` at `connections` connections, POSTing `bodies` in turn."""
-    exe = shutil.which("wrk")
-    if exe is None:
-        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+def wrk(
+    exe: str, url: str, bodies: list[bytes], workdir: Path, connections: int, seconds: int
+) -> dict[str, float]:
+    """`wrk --latency` (at path `exe`) for `seconds` at `connections` connections, POSTing
+    `bodies` in turn."""
     script, data = workdir / "search.lua", workdir / "bodies.jsonl"
     script.write_text(WRK_SCRIPT)
     data.write_bytes(b"\n".join(bodies) + b"\n")
@@ -269,6 +269,17 @@ def parse_wrk(out: str) -> dict[str, float]:
     return result
 
 
+def failure(exc: BaseException) -> str:
+    """One message for what ended a run: an HTTP error with the server's answer, a failed wrk
+    with its stderr, anything else as it says."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        request, response = exc.request, exc.response
+        return f"{request.method} {request.url.path} answered {response.status_code}: {response.text[:500]}"
+    if isinstance(exc, subprocess.CalledProcessError):
+        return f"{exc}; its stderr:\n{exc.stderr}"
+    return str(exc) or type(exc).__name__
+
+
 def pct_ms(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q) * 1e3)
 
@@ -277,8 +288,8 @@ def pct_ms(x: np.ndarray, q: float) -> float:
 
 
 def measure(
-    server: ServeProcess, client: httpx.Client, workdir: Path, data: Dataset, kind: str, connections: int,
-    ingest_clients: int, seconds: int, target_recall: float, rebuild_timeout: float,
+    server: ServeProcess, client: httpx.Client, workdir: Path, wrk_exe: str, data: Dataset, kind: str,
+    connections: int, ingest_clients: int, seconds: int, target_recall: float, rebuild_timeout: float,
 ) -> list[tuple[str, str, str]]:  # fmt: skip
     """Every measurement against the running server: the report's (label, value, target) rows."""
     base, qs = data.base, data.queries
@@ -331,7 +342,7 @@ def measure(
     print(f"single client: p50 {pct_ms(lat, 50):.2f} ms, p99 {pct_ms(lat, 99):.2f} ms, failures {failures}")
 
     cpu = server.cpu_seconds()
-    result = wrk(f"{server.url}/collections/{name}/search", bodies, workdir, connections, seconds)
+    result = wrk(wrk_exe, f"{server.url}/collections/{name}/search", bodies, workdir, connections, seconds)
     cpu_search = (server.cpu_seconds() - cpu) / max(result["requests"], 1)
     rows += [
         (f"throughput, {connections} conns (searches/s)", f"{result['rps']:,.0f}", ">= 2,000"),
@@ -374,7 +385,10 @@ def bench_http(
 ) -> None:
     """Measure the service over HTTP: ingest, recall, latency, throughput, search during a rebuild."""
     load_before = f"{os.getloadavg()[0]:.1f}"
+    wrk_exe = shutil.which("wrk")  # checked first: the throughput run comes after minutes of ingest
     try:
+        if wrk_exe is None:
+            raise ValueError("wrk is not installed (apt-get install wrk)")
         dataset, source = load_data(data, n, queries, dim)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -390,11 +404,14 @@ def bench_http(
     try:
         client = server.start(request_timeout=REQUEST_TIMEOUT)
         try:
-            rows = measure(server, client, workdir, dataset, kind, connections, ingest_clients, seconds,
-                           target_recall, rebuild_timeout)  # fmt: skip
+            rows = measure(server, client, workdir, wrk_exe, dataset, kind, connections, ingest_clients,
+                           seconds, target_recall, rebuild_timeout)  # fmt: skip
         finally:
             client.close()
         finished = True
+    except (RuntimeError, httpx.HTTPError, subprocess.SubprocessError) as exc:
+        print(f"error: {failure(exc)}", file=sys.stderr)
+        raise typer.Exit(1) from None
     finally:
         server.stop()
         if not finished:  # what the server logged is the first thing to read: keep it
