@@ -63,7 +63,7 @@ def first_metric(kind: str) -> str:
 
 @pytest.fixture(scope="module")
 def data(glove, fashion):
-    """name -> Dataset, and (name, metric) -> exact truth as user ids (nq, K)."""
+    """name -> Subset, and (name, metric) -> exact truth as user ids (nq, K)."""
     sets = {"glove": glove, "fashion": fashion}
     truth = {(d.name, d.metric): user_ids(d.truth) for d in sets.values()}
     truth[("glove", "ip")] = user_ids(brute_force_knn(glove.base, glove.queries, K, "ip")[0])

@@ -146,5 +146,3 @@ class FaissLSHContender:
 
 
 PEERS = {"annoy": AnnoyContender, "faiss_lsh": FaissLSHContender}
-# A view for app/bench/sweeps.py, which still reads it: each peer's `build_defaults`, not a copy.
-PEER_BUILD_DEFAULTS: dict[str, dict[str, Any]] = {name: cls.build_defaults for name, cls in PEERS.items()}

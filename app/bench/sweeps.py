@@ -8,7 +8,7 @@ from typing import Any
 
 from indexes import index_class
 
-from .contenders import PEER_BUILD_DEFAULTS, PEERS
+from .contenders import PEERS
 
 POWERS_OF_2 = [2**i for i in range(9)]  # 1 .. 256
 EF_VALUES = [10, 20, 40, 80, 120, 200, 400]
@@ -35,7 +35,7 @@ SWEEPS: dict[str, dict[str, list[Any]]] = {
 def known_knobs(kind: str) -> tuple[set[str], set[str]]:
     """(build, search) parameter names a contender accepts."""
     if kind in PEERS:
-        return set(PEER_BUILD_DEFAULTS[kind]), set(SWEEPS[kind]) - PEERS[kind].build_knobs
+        return set(PEERS[kind].build_defaults), set(SWEEPS[kind]) - PEERS[kind].build_knobs
     cls = index_class(kind)
     return set(cls.build_defaults), set(cls.search_defaults)
 
