@@ -18,7 +18,7 @@ def serve(
     data_dir: Optional[Path] = typer.Option(None, help="data directory [env ANNSERVE_DATA_DIR, default ./data]"),
 ) -> None:
     """Start the HTTP service with its embedded store (nothing else to start)."""
-    from .server import run
+    from .serve import run
 
     overrides = {"host": host, "port": port, "data_dir": data_dir}
     run({name: value for name, value in overrides.items() if value is not None})
@@ -26,7 +26,7 @@ def serve(
 
 def _register_bench() -> None:
     from .bench import bench
-    from .bench_http import bench_http
+    from .bench.http import bench_http
 
     cli.command(name="bench")(bench)
     cli.command(name="bench-http")(bench_http)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexes import brute_force_knn
+from annserve.indexes import brute_force_knn
 
 DATA = Path(__file__).parent / "data"
 K = 10

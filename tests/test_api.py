@@ -13,9 +13,9 @@ import pytest
 from conftest import wait_job
 from fastapi.testclient import TestClient
 
-from app.main import create_app
-from app.settings import Settings
-from indexes import brute_force_knn
+from annserve.api.app import create_app
+from annserve.settings import Settings
+from annserve.indexes import brute_force_knn
 
 MAX_BODY = 1024 * 1024
 N = 2000  # glove rows loaded into the search tests' collection
@@ -558,8 +558,8 @@ def test_a_bad_query_merged_into_a_batch_fails_only_its_own_request(tmp_path):
     (an all-zero vector under cosine) must not fail the requests it was merged with."""
     import asyncio
 
-    from app.api.batching import _Request, _run
-    from app.manager import CollectionManager
+    from annserve.api.transport.batching import _Request, _run
+    from annserve.engine.manager import CollectionManager
 
     manager = CollectionManager(Settings(data_dir=tmp_path))
     manager.open()

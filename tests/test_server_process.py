@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import wait_job
 
-from app.serve_process import ServeProcess
+from annserve.bench.server_process import ServeProcess
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from app.store import ShardStore
+from annserve.engine.store import ShardStore
 
 DIM = 50
 

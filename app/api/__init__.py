@@ -1,15 +1,4 @@
-"""The HTTP API: one router per resource (CONTRACT section 3)."""
-
-from fastapi import APIRouter
-
-from . import collections, health, jobs, search, vectors
-
-api_router = APIRouter()
-# Routes are matched in order: the hot ones first.
-api_router.include_router(search.router)
-api_router.include_router(vectors.router)
-api_router.include_router(collections.router)
-api_router.include_router(jobs.router)
-api_router.include_router(health.router)
-
-__all__ = ["api_router"]
+"""The HTTP service: `app.py` builds the FastAPI app; `routes/` has one router per resource
+(CONTRACT section 3); `transport/` is what every request passes through (hot path, body limit,
+metrics, micro-batching, raw-body parsing); `schemas.py` documents the bodies, `deps.py` holds
+the shared dependencies and `error_mapping.py` turns engine exceptions into statuses."""

@@ -10,9 +10,9 @@ from typing import Any, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from indexes import INDEX_KINDS
+from ..indexes import INDEX_KINDS
 
-from ..datasets import ground_truth, load_dataset
+from .datasets import ground_truth, load_dataset
 from .contenders import PEERS
 from .measure import run_contender
 from .overhead import overhead

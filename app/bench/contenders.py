@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from indexes import create_index
+from ..indexes import create_index
 
-from ..datasets import Dataset
+from .datasets import Dataset
 
 FAISS_LSH_MAX_BITS = 4096  # its random rotation costs ~nbits^3 to build: 12,544 bits (784 x 16) hang
 

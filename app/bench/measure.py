@@ -12,9 +12,9 @@ from typing import Any, Iterator
 import numpy as np
 from rich.progress import Progress
 
-from indexes import recall_at_k
+from ..indexes import recall_at_k
 
-from ..datasets import Dataset
+from .datasets import Dataset
 from .contenders import PEERS, KindContender
 from .sweeps import clamp_to_build, compact, expand
 

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from indexes.base import normalize_rows
+from ..indexes.base import normalize_rows
 
-from ..datasets import Dataset
+from .datasets import Dataset
 from .contenders import KindContender
 from .measure import median_seconds, reason
 from .report import console

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ..datasets import Dataset
+from .datasets import Dataset
 from .measure import TIMING_PASSES, Result
 from .sweeps import compact
 

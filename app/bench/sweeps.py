@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from indexes import index_class
+from ..indexes import index_class
 
 from .contenders import PEERS
 

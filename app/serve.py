@@ -18,7 +18,7 @@ def run(overrides: dict[str, Any]) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from .main import create_app
+    from .api.app import create_app
 
     uvicorn.run(
         create_app(settings),

@@ -17,7 +17,7 @@ from starlette.datastructures import State
 
 from ..deps import CollectionName, ready_manager
 from ..schemas import BatchSearchRequest, BatchSearchResponse, SearchRequest, SearchResponse, error_responses
-from .parsing import (
+from ..transport.parsing import (
     dumps,
     get_bool,
     get_k,
@@ -27,7 +27,7 @@ from .parsing import (
     vectors_from_b64,
     vectors_from_lists,
 )
-from .raw_body import raw_body
+from ..transport.raw_body import raw_body
 
 router = APIRouter(prefix="/collections/{name}", tags=["search"])
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from indexes import Index, create_index, load_index
-from indexes.base import higher_is_better
+from ..indexes import Index, create_index, load_index
+from ..indexes.base import higher_is_better
 
 from .store import ShardStore
 

@@ -36,10 +36,10 @@ import numpy as np
 import orjson
 import typer
 
-from indexes import brute_force_knn, recall_at_k
+from ..indexes import brute_force_knn, recall_at_k
 
 from .datasets import Dataset, DatasetMissing, fashion_pca, synthetic_clusters
-from .serve_process import ServeProcess
+from .server_process import ServeProcess
 
 K = 10
 DATA_SOURCES = ("fashion", "synthetic")

@@ -17,13 +17,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from indexes import METRICS, create_index
+from ..indexes import METRICS, create_index
 
 from .auto import AUTO
 from .collection import SPEC_FILE, Collection, CollectionSpec
 from .errors import Conflict, NotFound
 from .jobs import Job, JobRegistry
-from .settings import Settings
+from ..settings import Settings
 from .shard import fsync_dir, search_thread_init
 
 log = logging.getLogger(__name__)

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from indexes import Index, create_index
-from indexes.base import check_finite
+from ..indexes import Index, create_index
+from ..indexes.base import check_finite
 
 from .auto import AUTO, EMPTY_KIND, pick_kind
 from .errors import NotFound
-from .settings import Settings
+from ..settings import Settings
 from .shard import Hits, NewMain, Shard, best_k, shard_of, write_durably
 
 SPEC_FILE = "collection.json"

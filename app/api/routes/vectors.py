@@ -8,9 +8,9 @@ import numpy as np
 from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
 
-from ..collection import MAX_ID_CHARS
+from ...engine.collection import MAX_ID_CHARS
 from ..deps import CollectionDep, SettingsDep
-from ..errors import NotFound
+from ...engine.errors import NotFound
 from ..schemas import (
     DeletedCount,
     DeleteIdsRequest,
@@ -19,8 +19,8 @@ from ..schemas import (
     VectorRecord,
     error_responses,
 )
-from .parsing import decode_b64, dumps, load_object, vector_from_list, vectors_from_bytes, vectors_from_lists
-from .raw_body import JsonBody, raw_body
+from ..transport.parsing import decode_b64, dumps, load_object, vector_from_list, vectors_from_bytes, vectors_from_lists
+from ..transport.raw_body import JsonBody, raw_body
 
 router = APIRouter(prefix="/collections/{name}/vectors", tags=["vectors"])
 ItemId = Path(description="item id")

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .collection import MAX_ID_CHARS
-from .manager import NAME_PATTERN
+from ..engine.collection import MAX_ID_CHARS
+from ..engine.manager import NAME_PATTERN
 
 Metric = Literal["cosine", "ip", "l2"]
 

@@ -9,7 +9,7 @@ import logging
 
 from starlette.exceptions import HTTPException
 
-from ..errors import Conflict, NotFound
+from ..engine.errors import Conflict, NotFound
 
 log = logging.getLogger("annserve")
 

@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 from fastapi import Response
 
-from indexes.base import check_finite
+from ...indexes.base import check_finite
 
 _F32_LE = np.dtype("<f4")
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from indexes import METRICS
-from indexes.base import normalize_rows
+from ..indexes import METRICS
+from ..indexes.base import normalize_rows
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_METRIC = {"glove": "cosine", "fashion": "l2"}

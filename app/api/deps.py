@@ -11,9 +11,9 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Request
 from starlette.datastructures import State
 
-from .collection import Collection
-from .manager import CollectionManager
-from .settings import Settings
+from ..engine.collection import Collection
+from ..engine.manager import CollectionManager
+from ..settings import Settings
 
 
 async def get_settings(request: Request) -> Settings:

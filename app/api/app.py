@@ -16,17 +16,17 @@ from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .api import api_router
-from .api.batching import SearchBatcher
-from .api.body_limit import BodyLimitMiddleware
-from .api.errors import error_answer
-from .api.hot_path import HotPathMiddleware
-from .api.metrics import MetricsMiddleware, ServiceMetrics
-from .api.raw_body import RAW_BODY_MODELS
-from .errors import Conflict, NotFound
-from .manager import CollectionManager
+from .routes import api_router
+from .transport.batching import SearchBatcher
+from .transport.body_limit import BodyLimitMiddleware
+from .error_mapping import error_answer
+from .transport.hot_path import HotPathMiddleware
+from .transport.metrics import MetricsMiddleware, ServiceMetrics
+from .transport.raw_body import RAW_BODY_MODELS
+from ..engine.errors import Conflict, NotFound
+from ..engine.manager import CollectionManager
 from .schemas import ErrorDetail
-from .settings import Settings
+from ..settings import Settings
 
 log = logging.getLogger("annserve")
 

@@ -16,7 +16,7 @@ from ..schemas import (
     RebuildRequest,
     error_responses,
 )
-from .raw_body import JsonBody, raw_body
+from ..transport.raw_body import JsonBody, raw_body
 
 router = APIRouter(prefix="/collections", tags=["collections"])
 

@@ -47,7 +47,7 @@ class ServeProcess:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         annserve = shutil.which("annserve")
-        command = [annserve] if annserve else [sys.executable, "-c", "from app.cli import main; main()"]
+        command = [annserve] if annserve else [sys.executable, "-c", "from annserve.cli import main; main()"]
         command += ["serve", "--port", str(port), "--data-dir", str(self.data_dir)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor

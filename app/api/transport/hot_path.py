@@ -19,8 +19,8 @@ from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..deps import ready_manager
-from .errors import error_answer
-from .search import answer_batch, answer_search
+from ..error_mapping import error_answer
+from ..routes.search import answer_batch, answer_search
 
 _PREFIX = "/collections/"
 _CONTENT_TYPE = (b"content-type", b"application/json")

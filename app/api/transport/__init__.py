@@ -1,0 +1,1 @@
+"""HTTP transport: what requests pass through on their way to and from the routes."""
