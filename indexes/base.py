@@ -82,6 +82,14 @@ def check_finite(arr: np.ndarray, what: str) -> np.ndarray:
     return arr
 
 
+def prepare_vectors(x: Any, dim: int, metric: str, what: str = "vectors") -> np.ndarray:
+    """The one check and normalisation of vectors: `x` as C-contiguous (n, dim) float32 of
+    finite values, rows unit-normalised for cosine; ValueError naming what came otherwise.
+    What it returns can go to `Index.search_prepared` of any index of this dim and metric."""
+    vectors = as_vectors(x, dim, what)
+    return normalize_rows(vectors) if metric == "cosine" else vectors
+
+
 def as_ids(ids: Any, n: int) -> np.ndarray:
     """Check and convert `ids` to an int64 array of shape (n,) with non-negative values."""
     arr = np.asarray(ids)
@@ -186,7 +194,7 @@ class Index:
     def train(self, x: Any) -> None:
         """Learn the data-dependent structure from (n, dim) float32 `x`; a no-op for kinds
         that need none. Resolves the size-dependent default parameters."""
-        self._train(self._prepare(x, "train"))
+        self._train(self.prepare(x, "train"))
         self.is_trained = True
 
     def add(self, x: Any, ids: Any) -> None:
@@ -194,7 +202,7 @@ class Index:
         repeated id does depends on the kind (hnswlib replaces the vector, the others keep
         both), so callers that replace items remove or tombstone the old one, as the service
         does."""
-        vectors = self._prepare(x, "add")
+        vectors = self.prepare(x, "add")
         labels = as_ids(ids, vectors.shape[0])
         if not self.is_trained:
             raise NotReadyError(
@@ -209,13 +217,24 @@ class Index:
         results exist the rows are padded with id -1 and the worst possible score.
         """
         k = check_positive_int("k", k)
-        queries = self._prepare(q, "queries")
-        merged = self.resolve_search_params(params)
+        return self.search_prepared(self.prepare(q, "queries"), k, self.resolve_search_params(params))
+
+    def prepare(self, x: Any, what: str = "queries") -> np.ndarray:
+        """`x` checked and normalised once (see `prepare_vectors`), ready for `search_prepared`."""
+        return prepare_vectors(x, self.dim, self.metric, what)
+
+    def search_prepared(
+        self, queries: np.ndarray, k: int, params: dict[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`search` without the input checks, for callers that checked once at their edge (the
+        service checks a query once, then searches several shards and indexes with it):
+        `queries` come from `prepare` (or `prepare_vectors` with this dim and metric), `k` is
+        an int >= 1 and `params` come from `resolve_search_params`."""
         if not self.is_trained:
             raise NotReadyError(f"index kind {self.kind!r} is not trained: call train(x) first")
         if len(self) == 0:
             raise NotReadyError(f"index kind {self.kind!r} is empty: add vectors before searching")
-        ids, scores = self._search(queries, min(k, len(self)), merged)
+        ids, scores = self._search(queries, min(k, len(self)), params)
         return self._pad(np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32), k)
 
     def resolve_search_params(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -287,10 +306,6 @@ class Index:
         return check_positive_int(name, value, minimum, maximum)
 
     # ---- shared helpers ----
-
-    def _prepare(self, x: Any, what: str) -> np.ndarray:
-        vectors = as_vectors(x, self.dim, what)
-        return normalize_rows(vectors) if self.metric == "cosine" else vectors
 
     def _pad(self, ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         nq, got = ids.shape

@@ -532,7 +532,7 @@ class LSHIndex(Index):
     def candidate_counts(self, q: np.ndarray, probes: int) -> np.ndarray:
         """Distinct rows re-scored per query, (nq,) int64, at `probes`: the cost of a search
         of (nq, dim) queries `q`, checked and prepared as `search` does."""
-        return self._run(self._prepare(q, "queries"), 1, self._check_param("probes", probes))[2]
+        return self._run(self.prepare(q, "queries"), 1, self._check_param("probes", probes))[2]
 
     def _run(self, q: np.ndarray, k: int, probes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # One kernel call per search and nothing else on the Python side: single-query
