@@ -24,7 +24,10 @@ from ..indexes.base import check_finite
 from .auto import AUTO, EMPTY_KIND, pick_kind
 from .errors import NotFound
 from ..settings import Settings
-from .shard import Hits, NewMain, Shard, best_k, shard_of, write_durably
+from .shard import NewMain, Shard, best_k, shard_of, write_durably
+
+# One query's answer as the engine gives it out: (id, score) best first.
+Hits = list[tuple[str, float]]
 
 SPEC_FILE = "collection.json"
 SPEC_FORMAT = 1
@@ -256,7 +259,7 @@ class Collection:
     def search(
         self, queries: np.ndarray, k: int, params: dict | None = None, exact: bool = False,
         exclude: list[str | None] | None = None,
-    ) -> list[list[tuple[str, float]]]:
+    ) -> list[Hits]:
         """Up to k (id, score) per query of (nq, dim) float32 `queries`, best first, merged
         over main and fresh of every shard. `params` override the main index's search
         defaults for this call (unknown names raise ValueError); `exact` brute-forces the same
@@ -275,7 +278,7 @@ class Collection:
         if nq == 0:
             return []
 
-        def one(shard: Shard) -> list[Hits]:
+        def one(shard: Shard) -> list[list[tuple[float, str]]]:
             if exact:
                 return shard.search_exact(queries, int(k), exclude)
             return shard.search(queries, int(k), params, exclude)

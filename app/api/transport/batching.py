@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-Hits = list[tuple[str, float]]
+from ...engine.collection import Hits
 
 
 @dataclass(eq=False)
