@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -319,6 +320,19 @@ class Collection:
                         f"on {live} items: {exc}; its items stay searchable (exactly) in fresh"
                     ) from exc
                 shard.install(new)
+
+    # ---- snapshots ----
+
+    @contextmanager
+    def writes_paused(self) -> Iterator[list[Path]]:
+        """Every shard's write lock, taken in shard order and held together for the block: no
+        write commits on any shard inside it, so read views opened there form one cut across
+        the shards (engine/snapshots.py). Yields each shard's directory. Keep it short:
+        writers wait; searches do not."""
+        with ExitStack() as stack:
+            for shard in self._shards:
+                stack.enter_context(shard._write_lock)
+            yield [shard.path for shard in self._shards]
 
     # ---- lifetime ----
 
