@@ -1,5 +1,6 @@
 """The `annserve` command: `serve` runs the HTTP service, `bench` the index benchmark harness,
-`bench-http` measures the running service over real HTTP (ingest, recall, latency, throughput)."""
+`bench-http` measures the running service over real HTTP (ingest, recall, latency, throughput);
+`import`, `collections`, `search`, `rebuild` talk to a running service (app/commands/)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,15 @@ def _register_bench() -> None:
 
 
 _register_bench()
+
+
+def _register_client_commands() -> None:
+    from .commands import register
+
+    register(cli)
+
+
+_register_client_commands()
 
 
 def main() -> None:
