@@ -19,6 +19,8 @@ def run(overrides: dict[str, Any]) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from .api.app import create_app
+    if settings.shard_urls:  # a router over shard nodes (app/cluster/): it holds no data
+        from .cluster.app import create_router_app as create_app
 
     uvicorn.run(
         create_app(settings),

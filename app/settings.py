@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,3 +31,29 @@ class Settings(BaseSettings):
     max_batch: int = Field(1000, ge=1)
     max_upsert_batch: int = Field(10_000, ge=1)
     max_dim: int = Field(4096, ge=1)
+
+    # ---- cluster (app/cluster/) ----
+    # Set: this process is a router over these nodes (shards by ',', replicas of a shard by '|').
+    shard_urls: str = ""
+    # Bounds each shard call of a read (search, get, info), its failovers and hedges included.
+    shard_timeout_seconds: float = Field(1.0, gt=0)
+    # Bounds each node call of a write or an admin call (writes are fsynced; a create opens files).
+    shard_write_timeout_seconds: float = Field(30.0, gt=0)
+    # Reads: ask a second replica when the first has not answered within this; 0 = no hedging.
+    hedge_after_ms: float = Field(0.0, ge=0)
+    # A search with a shard down: 200 with "partial": true instead of 503 (a request may say otherwise).
+    allow_partial: bool = False
+    # A shard node's place in the cluster: it refuses (421) writes of ids that another shard owns.
+    shard_index: int | None = Field(None, ge=0)
+    shard_count: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check_shard_place(self) -> "Settings":
+        if (self.shard_index is None) != (self.shard_count is None):
+            raise ValueError("ANNSERVE_SHARD_INDEX and ANNSERVE_SHARD_COUNT: set both or neither")
+        if self.shard_index is not None and self.shard_index >= self.shard_count:
+            raise ValueError(
+                f"ANNSERVE_SHARD_INDEX: expected 0..{self.shard_count - 1} (ANNSERVE_SHARD_COUNT "
+                f"{self.shard_count}), got {self.shard_index}"
+            )
+        return self

@@ -21,6 +21,7 @@ from ..schemas import (
 )
 from ..transport.parsing import decode_b64, dumps, load_object, vector_from_list, vectors_from_bytes, vectors_from_lists
 from ..transport.raw_body import JsonBody, raw_body
+from ...cluster.ownership import check_owned  # shard nodes (app/cluster/)
 
 router = APIRouter(prefix="/collections/{name}/vectors", tags=["vectors"])
 ItemId = Path(description="item id")
@@ -39,6 +40,7 @@ async def upsert_vectors(request: Request, collection: CollectionDep, settings: 
     """Insert or replace items; once the 200 is sent the write survives a crash."""
     body = load_object(await request.body(), _UPSERT_FIELDS)
     ids, vectors, payloads = parse_items(body.get("items"), collection.dim, settings.max_upsert_batch)
+    check_owned(ids, settings.shard_index, settings.shard_count)  # cluster hook: 421 naming the owner
     # The engine writes to its store and syncs before returning: off the event loop.
     n = await run_in_threadpool(collection.upsert, ids, vectors, payloads)
     return dumps({"upserted": n})

@@ -1,0 +1,55 @@
+"""The router's FastAPI application (a node started with `ANNSERVE_SHARD_URLS`): no data, no
+collection manager; the node client is opened in the lifespan and closed after it.
+
+It shares the node's error mapping (`{"detail": ...}`, engine errors to 4xx), body limit and
+request metrics middleware; only the metrics object (RouterMetrics, `annserve_router_*`) and
+the routes are its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ..api.app import _add_error_handlers, _version
+from ..api.transport.body_limit import BodyLimitMiddleware
+from ..api.transport.metrics import MetricsMiddleware
+from ..settings import Settings
+from .metrics import RouterMetrics
+from .routes import router
+from .state import RouterState
+from .topology import Topology
+
+
+def create_router_app(settings: Settings | None = None) -> FastAPI:
+    """The router for `settings.shard_urls` (ValueError naming a bad entry)."""
+    settings = settings or Settings()
+    topology = Topology.parse(settings.shard_urls)
+    state = RouterState(settings, topology)
+    metrics = RouterMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.open(metrics)
+        try:
+            yield
+        finally:
+            await state.nodes.aclose()
+
+    app = FastAPI(
+        title="annserve router",
+        version=_version(),
+        summary=f"Scatter-gather over {topology.n_shards} annserve shards",
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
+    app.state.settings = settings
+    app.state.router = state
+    app.state.metrics = metrics
+    app.include_router(router)
+    _add_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
