@@ -44,6 +44,10 @@ def _register_client_commands() -> None:
 
 _register_client_commands()
 
+from .restore import restore  # noqa: E402 - `annserve restore FILE --data-dir DIR [--as NAME]`
+
+cli.command(name="restore")(restore)
+
 
 def main() -> None:
     cli()
