@@ -47,6 +47,8 @@ _register_client_commands()
 from .restore import restore  # noqa: E402 - `annserve restore FILE --data-dir DIR [--as NAME]`
 
 cli.command(name="restore")(restore)
+from .bench.load import bench_load  # noqa: E402 - `annserve bench-load`: mixed traffic, errors, RSS, percentiles
+cli.command(name="bench-load")(bench_load)
 
 
 def main() -> None:
