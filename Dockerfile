@@ -1,27 +1,35 @@
-# annserve: one image for single nodes, shard nodes and routers (the environment decides the role).
-FROM python:3.11-slim AS build
-# hnswlib ships as a source distribution: it needs a C++ compiler to build its wheel.
-RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*
+# annserve: one image for single nodes, shard nodes and routers; the environment decides the role
+# (ANNSERVE_SHARD_URLS set: a router; ANNSERVE_SHARD_INDEX/COUNT set: a shard node).
+#
+# Build stage: the full Debian image has the C++ compiler that hnswlib's source distribution needs,
+# so no package is installed by hand (and none has to be pinned). The runtime stage only gets wheels:
+# faiss-cpu brings its own OpenMP runtime, numba its own threading layer.
+FROM python:3.11-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY indexes ./indexes
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
-FROM python:3.11-slim
-# libgomp: FAISS and numba's OpenMP runtime.
-RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/* \
-    && useradd --create-home --uid 10001 annserve
+FROM python:3.11-slim-bookworm
+# A fixed numeric uid, so Kubernetes' runAsUser/fsGroup and the volume's owner agree with it.
+RUN useradd --create-home --uid 10001 --user-group annserve \
+    && mkdir /data && chown 10001:10001 /data
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-USER annserve
+RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
+USER 10001
 WORKDIR /home/annserve
-# numba caches compiled kernels next to the source unless told otherwise; the site-packages tree is read-only.
+# numba caches compiled kernels next to its source unless told otherwise; site-packages is not ours.
 ENV ANNSERVE_HOST=0.0.0.0 \
     ANNSERVE_PORT=8000 \
     ANNSERVE_DATA_DIR=/data \
-    NUMBA_CACHE_DIR=/home/annserve/.numba-cache
+    NUMBA_CACHE_DIR=/home/annserve/.numba-cache \
+    PYTHONUNBUFFERED=1
 VOLUME ["/data"]
 EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)" || exit 1
+# /healthz: alive (a router, or a node whose collections loaded); readiness is /readyz (Kubernetes probes).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "annserve.cluster.pod", "health"]
+# One process, one uvicorn worker per container: scale with containers (routers, shard nodes), not workers,
+# since a node's collections live in its process.
 CMD ["annserve", "serve"]
