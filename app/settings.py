@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     max_upsert_batch: int = Field(10_000, ge=1)
     max_dim: int = Field(4096, ge=1)
 
+    # The event-loop lag probe (annserve_event_loop_lag_seconds): how often it checks; 0 = off.
+    loop_lag_interval_seconds: float = Field(0.01, ge=0)
+
     # ---- cluster (app/cluster/) ----
     # Set: this process is a router over these nodes (shards by ',', replicas of a shard by '|').
     shard_urls: str = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import logging
 import threading
@@ -46,9 +47,13 @@ def create_app(settings: Settings | None = None, hot_path: bool = True) -> FastA
         # says 503 until the manager is ready.
         opener = threading.Thread(target=_open, args=(app, manager), name="annserve-open", daemon=True)
         opener.start()
+        interval = settings.loop_lag_interval_seconds
+        probe = asyncio.create_task(app.state.metrics.probe_loop_lag(interval)) if interval else None
         try:
             yield
         finally:
+            if probe is not None:
+                probe.cancel()
             app.state.batcher.close()
             opener.join()
             if app.state.open_error is None:

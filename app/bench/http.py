@@ -8,6 +8,9 @@ loads a 50K x 384 collection, and measures what a client sees:
   `--target-recall` on those queries, against exact ground truth, `indexes.brute_force_knn`)
 - single-client search latency p50/p99 (httpx, one keep-alive connection)
 - throughput at `--connections` concurrent connections (wrk, a different query body per request)
+- the event loop's lag (`annserve_event_loop_lag_seconds`, probed every millisecond) while search
+  clients, JSON upserts of bodies near the 32 MiB cap and searches queued behind their writes run
+  together, and the slowest `/healthz` answer meanwhile
 - p99 latency of single searches while a rebuild runs, against before, and the failures
 
 Data: Fashion-MNIST (Debian package `dataset-fashion-mnist`) projected by PCA to 384 dims, a real
@@ -35,6 +38,7 @@ import httpx
 import numpy as np
 import orjson
 import typer
+from prometheus_client.parser import text_string_to_metric_families
 
 from ..indexes import brute_force_knn, recall_at_k
 
@@ -46,6 +50,10 @@ DATA_SOURCES = ("fashion", "synthetic")
 EF_LADDER = (10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 UPSERT_BATCH = 1000
 REQUEST_TIMEOUT = 600.0  # seconds for one HTTP request (an upsert batch of 1000 x 384 included)
+LAG_METRIC = "annserve_event_loop_lag_seconds"
+LAG_SEARCH_CLIENTS = 4  # sequential search clients during the loop-lag run
+MAX_BODY_BYTES = 32 * 1024 * 1024  # the server's default ANNSERVE_MAX_BODY_BYTES
+MAX_UPSERT_BATCH = 10_000  # the server's default ANNSERVE_MAX_UPSERT_BATCH
 WRK_SCRIPT = """
 local bodies = {}
 local i = 0
@@ -169,6 +177,113 @@ def latencies(
     return np.array(out), failures
 
 
+def big_json_upsert(x: np.ndarray, limit: int = MAX_BODY_BYTES) -> tuple[bytes, int]:
+    """One upsert body of JSON number lists (ids `lag-<i>`, rows of `x` in turn) as large as fits
+    under `limit` bytes and the item cap: (body, items)."""
+    row_bytes = len(orjson.dumps({"id": "lag-00000", "vector": x[0]}, option=orjson.OPT_SERIALIZE_NUMPY)) + 1
+    n = min(MAX_UPSERT_BATCH, int(limit * 0.98) // row_bytes)
+    while True:
+        items = [{"id": f"lag-{i}", "vector": x[i % len(x)]} for i in range(n)]
+        body = orjson.dumps({"items": items}, option=orjson.OPT_SERIALIZE_NUMPY)
+        if len(body) <= limit:
+            return body, n
+        n = int(n * limit / len(body) * 0.99)
+
+
+def lag_buckets(client: httpx.Client) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of the server's loop-lag histogram, from /metrics."""
+    r = client.get("/metrics")
+    r.raise_for_status()
+    for family in text_string_to_metric_families(r.text):
+        if family.name == LAG_METRIC:
+            return sorted((float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket"))
+    raise RuntimeError(f"/metrics has no {LAG_METRIC} (ANNSERVE_LOOP_LAG_INTERVAL_SECONDS=0?)")
+
+
+def bucket_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """The q-quantile of a histogram's (bound, cumulative count) pairs, interpolated inside its
+    bucket as Prometheus's histogram_quantile does; the largest finite bound if it falls in +Inf."""
+    total = buckets[-1][1]
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank and count > below:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / (count - below)
+        lower, below = bound, count
+    return lower
+
+
+def bucket_max(buckets: list[tuple[float, float]]) -> float:
+    """The smallest bucket bound at or under which every observation lies (inf if any is above all)."""
+    total = buckets[-1][1]
+    return next(bound for bound, count in buckets if count >= total)
+
+
+def loop_lag_under_load(
+    url: str, client: httpx.Client, name: str, x: np.ndarray, bodies: list[bytes], seconds: float
+) -> dict[str, float]:
+    """For `seconds`: LAG_SEARCH_CLIENTS sequential search clients, one client sending JSON
+    upserts near the body cap (the same ids each time, so fresh does not grow), and one polling
+    /healthz. The loop-lag histogram's increase over that time gives p50, p99 and max (a bucket
+    bound); also the slowest /healthz answer and the searches' p99."""
+    body, n_items = big_json_upsert(x)
+    before = lag_buckets(client)
+    stop = threading.Event()
+    found: dict[str, Any] = {"upserts": 0, "healthz": [], "errors": []}
+
+    def search_client() -> tuple[np.ndarray, int]:
+        with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT) as c:
+            return latencies(c, name, bodies, stop=stop)
+
+    def upsert_client() -> None:
+        with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT) as c:
+            while not stop.is_set():
+                r = c.post(f"/collections/{name}/vectors", content=body)
+                if r.status_code != 200:
+                    found["errors"].append(f"upsert answered {r.status_code}: {r.text[:200]}")
+                    return
+                found["upserts"] += 1
+
+    def health_client() -> None:
+        with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT) as c:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                c.get("/healthz").raise_for_status()
+                found["healthz"].append(time.perf_counter() - t0)
+                time.sleep(0.01)
+
+    with ThreadPoolExecutor(LAG_SEARCH_CLIENTS + 2) as pool:
+        searches = [pool.submit(search_client) for _ in range(LAG_SEARCH_CLIENTS)]
+        others = [pool.submit(upsert_client), pool.submit(health_client)]
+        time.sleep(seconds)
+        stop.set()
+        for future in others:
+            future.result()
+        lat = np.concatenate([f.result()[0] for f in searches])
+        failures = sum(f.result()[1] for f in searches)
+    if found["errors"]:
+        raise RuntimeError(found["errors"][0])
+    after = lag_buckets(client)
+    delta = [(bound, count - was) for (bound, count), (_, was) in zip(after, before)]
+    # The upserted items leave again: the later measurements see the collection as before.
+    ids = orjson.dumps({"ids": [f"lag-{i}" for i in range(n_items)]})
+    client.post(f"/collections/{name}/vectors/delete", content=ids).raise_for_status()
+    return {
+        "samples": delta[-1][1],
+        "p50": bucket_quantile(0.5, delta),
+        "p99": bucket_quantile(0.99, delta),
+        "max": bucket_max(delta),
+        "healthz_max": max(found["healthz"]),
+        "search_p99": float(np.percentile(lat, 99)),
+        "searches": len(lat),
+        "search_failures": failures,
+        "upserts": found["upserts"],
+        "upsert_items": n_items,
+        "upsert_mib": len(body) / 2**20,
+    }
+
+
 def wait_job(client: httpx.Client, job_id: str, timeout: float) -> dict:
     """Poll GET /jobs/{job_id} until the job has succeeded or failed; returns its JSON.
     RuntimeError if it is still queued or running after `timeout` seconds."""
@@ -290,6 +405,7 @@ def pct_ms(x: np.ndarray, q: float) -> float:
 def measure(
     server: ServeProcess, client: httpx.Client, workdir: Path, wrk_exe: str, data: Dataset, kind: str,
     connections: int, ingest_clients: int, seconds: int, target_recall: float, rebuild_timeout: float,
+    lag_seconds: int,
 ) -> list[tuple[str, str, str]]:  # fmt: skip
     """Every measurement against the running server: the report's (label, value, target) rows."""
     base, qs = data.base, data.queries
@@ -352,6 +468,18 @@ def measure(
     ]
     print(f"wrk: {result}")
 
+    lag = loop_lag_under_load(server.url, client, name, base, bodies, lag_seconds)
+    ms = {key: lag[key] * 1e3 for key in ("p50", "p99", "max", "healthz_max", "search_p99")}
+    rows += [
+        ("event-loop lag under mixed load, p50 / p99 / max (ms)",
+         f"{ms['p50']:.2f} / {ms['p99']:.2f} / <= {ms['max']:g}", "p99 <= 1"),
+        (f"  load: {LAG_SEARCH_CLIENTS} search clients + {lag['upsert_mib']:.0f} MiB JSON upserts",
+         f"{lag['upserts']} upserts, {lag['searches']:,} searches", ""),
+        ("  /healthz slowest answer (ms)", f"{ms['healthz_max']:.1f}", "<= 100"),
+        ("  search p99 meanwhile (ms)", f"{ms['search_p99']:.1f}", ""),
+    ]  # fmt: skip
+    print(f"loop lag: {lag}")
+
     # Searches during a rebuild: the same single-client loop, before and while it runs.
     before, fail_before = latencies(client, name, bodies, seconds=8)
     # One more item, so that the rebuild has something new to index.
@@ -381,9 +509,11 @@ def bench_http(
     seconds: int = typer.Option(10, min=1, help="length of the throughput run"),
     target_recall: float = typer.Option(0.95, help="pick the smallest ef reaching this recall@10"),
     rebuild_timeout: float = typer.Option(1800, min=1, help="seconds a rebuild may take, then the run fails"),
+    lag_seconds: int = typer.Option(10, min=1, help="length of the event-loop lag run under mixed load"),
     keep: Optional[Path] = typer.Option(None, help="keep the server's data and log in this directory"),
 ) -> None:
-    """Measure the service over HTTP: ingest, recall, latency, throughput, search during a rebuild."""
+    """Measure the service over HTTP: ingest, recall, latency, throughput, event-loop lag under
+    mixed load, search during a rebuild."""
     load_before = f"{os.getloadavg()[0]:.1f}"
     wrk_exe = shutil.which("wrk")  # checked first: the throughput run comes after minutes of ingest
     try:
@@ -399,13 +529,15 @@ def bench_http(
     workdir = Path(keep or tempfile.mkdtemp(prefix="annserve-bench-http-"))
     workdir.mkdir(parents=True, exist_ok=True)
     # No automatic rebuild during ingest: the rebuild is measured on its own.
-    server = ServeProcess(workdir / "data", workdir / "server.log", {"ANNSERVE_FRESH_LIMIT": str(10 * n)})
+    # The loop-lag probe every millisecond, as fine as the measurement is meant to be.
+    env = {"ANNSERVE_FRESH_LIMIT": str(10 * n), "ANNSERVE_LOOP_LAG_INTERVAL_SECONDS": "0.001"}
+    server = ServeProcess(workdir / "data", workdir / "server.log", env)
     finished = False
     try:
         client = server.start(request_timeout=REQUEST_TIMEOUT)
         try:
             rows = measure(server, client, workdir, wrk_exe, dataset, kind, connections, ingest_clients,
-                           seconds, target_recall, rebuild_timeout)  # fmt: skip
+                           seconds, target_recall, rebuild_timeout, lag_seconds)  # fmt: skip
         finally:
             client.close()
         finished = True

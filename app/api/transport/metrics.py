@@ -8,6 +8,7 @@ and one histogram observation; the item counts are read from the engine at scrap
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -19,6 +20,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Search latencies sit well under a millisecond; keep resolution there.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+# The loop should never be late by more than about a millisecond: fine buckets up to 10 ms, then
+# coarse ones to see how bad a stall was.
+_LOOP_LAG_BUCKETS = (
+    0.0001, 0.0002, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01,
+    0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.5,
+)  # fmt: skip
 
 
 class ServiceMetrics:
@@ -40,6 +47,13 @@ class ServiceMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.loop_lag = Histogram(
+            "annserve_event_loop_lag_seconds",
+            "How late a timer on the event loop fires (ANNSERVE_LOOP_LAG_INTERVAL_SECONDS apart): "
+            "how long any request may wait for the loop",
+            buckets=_LOOP_LAG_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_ItemsCollector(collections))
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
@@ -53,6 +67,16 @@ class ServiceMetrics:
             )
         children[0].inc()
         children[1].observe(seconds)
+
+
+    async def probe_loop_lag(self, interval: float) -> None:
+        """Run on the event loop until cancelled: sleep `interval` seconds, record how late the
+        wake-up came. Whatever holds the loop (a parse, an engine call, a lock) delays every
+        connection by as much, `/healthz` included; this is the figure that shows it."""
+        while True:
+            expected = time.perf_counter() + interval
+            await asyncio.sleep(interval)
+            self.loop_lag.observe(max(time.perf_counter() - expected, 0.0))
 
 
 class _ItemsCollector(Collector):
