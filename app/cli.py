@@ -1,15 +1,44 @@
 """The `annserve` command: `serve` runs the HTTP service, `bench` the index benchmark harness,
-`bench-http` measures the running service over real HTTP (ingest, recall, latency, throughput);
+`bench-http` measures the running service over real HTTP (ingest, recall, latency, throughput),
+`bench-load` a mixed load, `restore` a snapshot into a data directory (offline);
 `import`, `collections`, `search`, `rebuild` talk to a running service (app/commands/)."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
-cli = typer.Typer(add_completion=False, no_args_is_help=True, help="annserve: vector search service")
+# Commands whose modules are imported only when the command runs (or `--help` lists it): they pull in
+# FAISS and numba (seconds to import, and a numba compile after a fresh install), which `serve` and the
+# commands that only talk HTTP (import, search, ...) do not need at start. name -> (module, function).
+LAZY_COMMANDS = {
+    "bench": ("annserve.bench", "bench"),
+    "bench-http": ("annserve.bench.http", "bench_http"),
+    "bench-load": ("annserve.bench.load", "bench_load"),
+    "restore": ("annserve.restore", "restore"),
+}
+
+
+class _LazyGroup(TyperGroup):
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        return [*super().list_commands(ctx), *(name for name in LAZY_COMMANDS if name not in self.commands)]
+
+    def get_command(self, ctx: typer.Context, name: str) -> Any:
+        if name in LAZY_COMMANDS and name not in self.commands:
+            module, function = LAZY_COMMANDS[name]
+            one = typer.Typer(add_completion=False)
+            one.command(name=name)(getattr(importlib.import_module(module), function))
+            self.commands[name] = typer.main.get_command(one)
+        return super().get_command(ctx, name)
+
+
+cli = typer.Typer(
+    cls=_LazyGroup, add_completion=False, no_args_is_help=True, help="annserve: vector search service"
+)
 
 
 @cli.command()
@@ -25,17 +54,6 @@ def serve(
     run({name: value for name, value in overrides.items() if value is not None})
 
 
-def _register_bench() -> None:
-    from .bench import bench
-    from .bench.http import bench_http
-
-    cli.command(name="bench")(bench)
-    cli.command(name="bench-http")(bench_http)
-
-
-_register_bench()
-
-
 def _register_client_commands() -> None:
     from .commands import register
 
@@ -43,12 +61,6 @@ def _register_client_commands() -> None:
 
 
 _register_client_commands()
-
-from .restore import restore  # noqa: E402 - `annserve restore FILE --data-dir DIR [--as NAME]`
-
-cli.command(name="restore")(restore)
-from .bench.load import bench_load  # noqa: E402 - `annserve bench-load`: mixed traffic, errors, RSS, percentiles
-cli.command(name="bench-load")(bench_load)
 
 
 def main() -> None:

@@ -6,8 +6,11 @@ the client: `annserve collections`, `search`, `rebuild --wait`."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -421,6 +424,26 @@ def test_shell_commands_send_the_key_from_the_environment():
         result = runner.invoke(cli, ["collections", "--url", fake.url, "--api-key", "k2"])
         assert result.exit_code == 0, result.output
     assert [headers.get("x-api-key") for _, _, headers, _ in fake.requests] == ["k1", "k2"]
+
+
+# ---- what importing costs ------------------------------------------------------------------------
+
+SERVER_AND_INDEX_MODULES = ("fastapi", "starlette", "uvicorn", "pydantic", "faiss", "hnswlib", "numba")
+LOADED = f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(SERVER_AND_INDEX_MODULES)!r}))"
+
+
+def test_the_client_and_the_http_commands_import_no_server_or_index_code():
+    # `import annserve` loads nothing of the client yet; its names bring httpx and numpy, nothing more.
+    code = f"import sys, annserve; {LOADED}; assert 'httpx' not in sys.modules; " \
+           f"annserve.Client, annserve.AsyncClient, annserve.ApiError; {LOADED}"
+    lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert lines.stdout.split("\n")[:2] == ["[]", "[]"], lines.stdout + lines.stderr
+    # `annserve search` (and import, collections, rebuild) start without FAISS, numba or the server
+    # (typer itself may use pydantic to parse options).
+    code = "import sys; from typer.testing import CliRunner; from annserve.cli import cli; " \
+           f"assert CliRunner().invoke(cli, ['search', '--help']).exit_code == 0; {LOADED}"
+    lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert set(ast.literal_eval(lines.stdout)) <= {"pydantic"}, lines.stdout + lines.stderr
 
 
 # ---- the shell ----------------------------------------------------------------------------------
