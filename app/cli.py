@@ -45,7 +45,9 @@ cli = typer.Typer(
 def serve(
     host: Optional[str] = typer.Option(None, help="bind address [env ANNSERVE_HOST, default 127.0.0.1]"),
     port: Optional[int] = typer.Option(None, help="TCP port [env ANNSERVE_PORT, default 8000]"),
-    data_dir: Optional[Path] = typer.Option(None, help="data directory [env ANNSERVE_DATA_DIR, default ./data]"),
+    data_dir: Optional[Path] = typer.Option(
+        None, help="data directory [env ANNSERVE_DATA_DIR, default ./data]"
+    ),
 ) -> None:
     """Start the HTTP service with its embedded store (nothing else to start)."""
     from .serve import run

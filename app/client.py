@@ -58,7 +58,7 @@ DEFAULT_SEARCH_BATCH = 1000  # the server's default ANNSERVE_MAX_BATCH
 DEFAULT_DELETE_BATCH = 10_000
 MAX_BACKOFF_SECONDS = 10.0
 
-# `progress(done, total)`: vectors acknowledged so far of all given (upsert); the job's fraction of 1.0 (rebuild).
+# `progress(done, total)`: vectors acknowledged of all given (upsert); the job's fraction of 1.0 (rebuild).
 Progress = Callable[[float, float], None]
 T = TypeVar("T")
 
@@ -236,7 +236,9 @@ def _as_ids(ids: Sequence[str | int] | np.ndarray) -> list[str]:
     out = []
     for pos, item_id in enumerate(ids.tolist() if isinstance(ids, np.ndarray) else ids):
         if isinstance(item_id, bool) or not isinstance(item_id, (str, int)):
-            raise ValueError(f"ids[{pos}]: expected a str or an int, got {type(item_id).__name__} {item_id!r}")
+            raise ValueError(
+                f"ids[{pos}]: expected a str or an int, got {type(item_id).__name__} {item_id!r}"
+            )
         out.append(str(item_id))
     return out
 
@@ -258,7 +260,9 @@ def _check_finite(arr: np.ndarray, what: str, first_row: int = 0) -> None:
         raise ValueError(f"{what}: expected finite numbers, {where} holds NaN or Inf")
 
 
-def _search_body(k: int, filter: Any, params: dict | None, with_payload: bool | list[str], exact: bool) -> dict:
+def _search_body(
+    k: int, filter: Any, params: dict | None, with_payload: bool | list[str], exact: bool
+) -> dict:
     # Optional fields only when given: a server without them answers 422 only to those who use them.
     body: dict[str, Any] = {"k": k}
     if params is not None:
@@ -277,17 +281,43 @@ def _hits(rows: list[dict]) -> list[Hit]:
 
 
 class _Calls:
-    """Every API call as a generator; the client classes drive them."""
+    """Every API call as a generator, and the options; the client classes drive the calls."""
 
-    def __init__(self, retry: _Retry) -> None:
-        self._retry = retry
+    _http_class: type[httpx.Client] | type[httpx.AsyncClient]
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = 30.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.url = url
+        self._retry = _Retry(retries, backoff)
+        all_headers = {"accept": "application/json", "user-agent": "annserve-client", **(headers or {})}
+        if api_key is not None:
+            all_headers["x-api-key"] = api_key
+        self._http = self._http_class(base_url=url, timeout=timeout, headers=all_headers)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
 
     def _do(self, method: str, path: str, body: Any = None, *, idempotent: bool) -> _Call[Any]:
         return _exchange(self._retry, method, path, body, idempotent=idempotent)
 
     # collections
     def _create_collection(
-        self, name: str, dim: int, metric: str, index: str, params: dict | None, shards: int | None, options: dict
+        self,
+        name: str,
+        dim: int,
+        metric: str,
+        index: str,
+        params: dict | None,
+        shards: int | None,
+        options: dict,
     ) -> _Call[dict]:
         body: dict[str, Any] = {"name": name, "dim": dim, "metric": metric, "index": {"kind": index}}
         if params is not None:
@@ -323,7 +353,9 @@ class _Calls:
         # No conversion of the whole input: a memory-mapped array is read one batch at a time.
         matrix = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors)
         if matrix.ndim != 2 or matrix.dtype.kind not in "iuf":
-            raise ValueError(f"vectors: expected numbers of shape (n, dim), got {matrix.dtype} {matrix.shape}")
+            raise ValueError(
+                f"vectors: expected numbers of shape (n, dim), got {matrix.dtype} {matrix.shape}"
+            )
         if len(matrix) != len(id_list):
             raise ValueError(f"vectors: expected one row per id ({len(id_list)} ids), got {len(matrix)} rows")
         if payloads is not None and len(payloads) != len(id_list):
@@ -355,10 +387,14 @@ class _Calls:
             if exc.status != 413 or len(items) == 1:
                 raise
         half = len(items) // 2
-        return (yield from self._send_items(path, items[:half])) + (yield from self._send_items(path, items[half:]))
+        return (yield from self._send_items(path, items[:half])) + (
+            yield from self._send_items(path, items[half:])
+        )
 
     def _get(self, collection: str, item_id: str) -> _Call[Record]:
-        answer = yield from self._do("GET", _path("collections", collection, "vectors", item_id), idempotent=True)
+        answer = yield from self._do(
+            "GET", _path("collections", collection, "vectors", item_id), idempotent=True
+        )
         return Record(answer["id"], np.asarray(answer["vector"], dtype=np.float32), answer.get("payload"))
 
     def _delete(self, collection: str, ids: str | Sequence[str | int] | np.ndarray) -> _Call[int]:
@@ -394,20 +430,35 @@ class _Calls:
         out: list[list[Hit]] = []
         for lo in range(0, len(arr), batch_size):
             chunk = {"vectors_b64": _b64(arr[lo : lo + batch_size]), **body}
-            out += [_hits(row) for row in (yield from self._do("POST", path, chunk, idempotent=True))["results"]]
+            out += [
+                _hits(row) for row in (yield from self._do("POST", path, chunk, idempotent=True))["results"]
+            ]
         return out
 
     def _search_by_id(
-        self, collection: str, item_id: str, k: int, filter: Any, params: dict | None,
-        with_payload: bool | list[str], exact: bool,
+        self,
+        collection: str,
+        item_id: str,
+        k: int,
+        filter: Any,
+        params: dict | None,
+        with_payload: bool | list[str],
+        exact: bool,
     ) -> _Call[list[Hit]]:
         body = {"id": _as_ids([item_id])[0], **_search_body(k, filter, params, with_payload, exact)}
-        answer = yield from self._do("POST", _path("collections", collection, "search"), body, idempotent=True)
+        answer = yield from self._do(
+            "POST", _path("collections", collection, "search"), body, idempotent=True
+        )
         return _hits(answer["results"])
 
     # jobs, quality
     def _rebuild(
-        self, collection: str, wait: bool, progress: Progress | None, poll_interval: float, timeout: float | None
+        self,
+        collection: str,
+        wait: bool,
+        progress: Progress | None,
+        poll_interval: float,
+        timeout: float | None,
     ) -> _Call[dict]:
         path = _path("collections", collection, "rebuild")
         job_id = (yield from self._do("POST", path, {}, idempotent=False))["job_id"]
@@ -454,13 +505,6 @@ class _Calls:
         return True
 
 
-def _http_options(url: str, api_key: str | None, timeout: float | httpx.Timeout, headers: dict | None) -> dict:
-    all_headers = {"accept": "application/json", "user-agent": "annserve-client", **(headers or {})}
-    if api_key is not None:
-        all_headers["x-api-key"] = api_key
-    return {"base_url": url, "timeout": timeout, "headers": all_headers}
-
-
 _JSON = {"content-type": "application/json"}
 
 
@@ -479,19 +523,8 @@ class Client(_Calls):
     Use as a context manager, or call `close()`.
     """
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        api_key: str | None = None,
-        *,
-        timeout: float | httpx.Timeout = 30.0,
-        retries: int = 3,
-        backoff: float = 0.25,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(_Retry(retries, backoff))
-        self.url = url
-        self._http = httpx.Client(**_http_options(url, api_key, timeout, headers))
+    _http_class = httpx.Client
+    _http: httpx.Client
 
     def _run(self, call: _Call[T]) -> T:
         outcome: _Outcome = None
@@ -519,9 +552,6 @@ class Client(_Calls):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        return f"Client({self.url!r})"
 
     # collections
     def create_collection(
@@ -636,7 +666,11 @@ class Client(_Calls):
         return self._run(self._job(job_id))
 
     def wait_job(
-        self, job_id: str, progress: Progress | None = None, poll_interval: float = 0.5, timeout: float | None = None
+        self,
+        job_id: str,
+        progress: Progress | None = None,
+        poll_interval: float = 0.5,
+        timeout: float | None = None,
     ) -> dict[str, Any]:
         """Poll a job until it has succeeded (returned) or failed (`JobFailedError`)."""
         return self._run(self._wait_job(job_id, progress, poll_interval, timeout))
@@ -662,19 +696,8 @@ class AsyncClient(_Calls):
     """The asyncio twin of `Client`: the same methods, options and errors, each a coroutine.
     Progress callbacks are plain functions. Use `async with`, or `await aclose()`."""
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        api_key: str | None = None,
-        *,
-        timeout: float | httpx.Timeout = 30.0,
-        retries: int = 3,
-        backoff: float = 0.25,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(_Retry(retries, backoff))
-        self.url = url
-        self._http = httpx.AsyncClient(**_http_options(url, api_key, timeout, headers))
+    _http_class = httpx.AsyncClient
+    _http: httpx.AsyncClient
 
     async def _run(self, call: _Call[T]) -> T:
         outcome: _Outcome = None
@@ -702,9 +725,6 @@ class AsyncClient(_Calls):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-    def __repr__(self) -> str:
-        return f"AsyncClient({self.url!r})"
 
     async def create_collection(
         self,
@@ -794,7 +814,11 @@ class AsyncClient(_Calls):
         return await self._run(self._job(job_id))
 
     async def wait_job(
-        self, job_id: str, progress: Progress | None = None, poll_interval: float = 0.5, timeout: float | None = None
+        self,
+        job_id: str,
+        progress: Progress | None = None,
+        poll_interval: float = 0.5,
+        timeout: float | None = None,
     ) -> dict[str, Any]:
         return await self._run(self._wait_job(job_id, progress, poll_interval, timeout))
 

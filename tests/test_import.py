@@ -59,7 +59,9 @@ def run(server: ServeProcess, *args: str):
     return result
 
 
-def check_arrived(client: Client, collection: str, ids: list[str], vectors: np.ndarray, payloads=None) -> None:
+def check_arrived(
+    client: Client, collection: str, ids: list[str], vectors: np.ndarray, payloads=None
+) -> None:
     """Every row is in the collection, once (the count), and a sample reads back exactly."""
     assert client.get_collection(collection)["count"] == len(ids)
     for row in SAMPLE:
@@ -90,9 +92,21 @@ def test_npy_with_ids_and_payloads_files(server, client, vectors, tmp_path):
     (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
     payloads = [{"row": i} if i % 2 else None for i in range(ROWS)]
     write_jsonl(tmp_path / "payloads.jsonl", payloads)
-    result = run(server, str(tmp_path / "x.npy"), "-c", "npy", "--create", "--metric", "l2",
-                 "--ids", str(tmp_path / "ids.txt"), "--payloads", str(tmp_path / "payloads.jsonl"),
-                 "--batch-size", "700")
+    result = run(
+        server,
+        str(tmp_path / "x.npy"),
+        "-c",
+        "npy",
+        "--create",
+        "--metric",
+        "l2",
+        "--ids",
+        str(tmp_path / "ids.txt"),
+        "--payloads",
+        str(tmp_path / "payloads.jsonl"),
+        "--batch-size",
+        "700",
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"imported {ROWS:,} vectors into 'npy'") and "vectors/s" in result.stdout
     assert client.get_collection("npy")["metric"] == "l2"
@@ -110,14 +124,29 @@ def test_fvecs_ids_default_to_row_numbers(server, client, vectors, tmp_path):
 def test_parquet_columns_across_row_groups(server, client, vectors, tmp_path):
     ids = [f"p{i}" for i in range(ROWS)]
     payloads = [{"row": i, "tag": "odd" if i % 2 else "even"} for i in range(ROWS)]
-    table = pa.table({
-        "key": ids,
-        "embedding": pa.array(list(vectors), type=pa.list_(pa.float32(), vectors.shape[1])),
-        "meta": payloads,
-    })
+    table = pa.table(
+        {
+            "key": ids,
+            "embedding": pa.array(list(vectors), type=pa.list_(pa.float32(), vectors.shape[1])),
+            "meta": payloads,
+        }
+    )
     pq.write_table(table, tmp_path / "x.parquet", row_group_size=800)  # batches of 300 straddle groups
-    result = run(server, str(tmp_path / "x.parquet"), "-c", "parquet", "--create", "--batch-size", "300",
-                 "--id-field", "key", "--vector-field", "embedding", "--payload-field", "meta")
+    result = run(
+        server,
+        str(tmp_path / "x.parquet"),
+        "-c",
+        "parquet",
+        "--create",
+        "--batch-size",
+        "300",
+        "--id-field",
+        "key",
+        "--vector-field",
+        "embedding",
+        "--payload-field",
+        "meta",
+    )
     assert result.exit_code == 0, result.output
     check_arrived(client, "parquet", ids, vectors, payloads)
 
@@ -168,18 +197,40 @@ def test_parquet_without_pyarrow_says_how_to_install_it(server, vectors, tmp_pat
     assert result.exit_code == 1 and 'pip install "annserve[parquet]"' in result.stderr
 
 
+def test_every_reader_starts_at_any_row(fashion, tmp_path):
+    # Resuming reads from the row recorded as done: each format must give exactly the rows from there.
+    x = fashion.base[:700]
+    np.save(tmp_path / "x.npy", x)
+    write_fvecs(tmp_path / "x.fvecs", x)
+    write_jsonl(tmp_path / "x.jsonl", ({"id": f"j{i}", "vector": v.tolist()} for i, v in enumerate(x)))
+    pq.write_table(pa.table({"vector": [v.tolist() for v in x]}), tmp_path / "x.parquet", row_group_size=128)
+    for name in ("x.npy", "x.fvecs", "x.jsonl", "x.parquet"):
+        source = Input(tmp_path / name)
+        for start in (0, 1, 127, 128, 300, 699):
+            batches = list(source.batches(start, 50))
+            got = np.vstack([b.vectors for b in batches])
+            np.testing.assert_array_equal(got, x[start:], err_msg=f"{name} from row {start}")
+            assert batches[0].start == start and all(len(b.ids) <= 50 for b in batches)
+            ids = [i for b in batches for i in b.ids]
+            prefix = "j" if name == "x.jsonl" else ""
+            assert ids == [f"{prefix}{i}" for i in range(start, len(x))], f"{name} from row {start}"
+
+
 # ---- bounded memory -------------------------------------------------------------------------------
 
 
 def test_memory_is_bounded_by_a_batch(fashion, tmp_path):
     # 6000 x 784 float32 is 18.8 MB (1000 rows of .jsonl: 25 MB once parsed into Python floats); a batch of
-    # 100 rows is 0.3 MB. Reading a whole file at once would pass the bound; a batch at a time stays far below.
+    # 100 rows is 0.3 MB. Reading a whole file at once would pass the bound; a batch at a time stays below.
     x, batch, bound = fashion.base, 100, 8 * 1024 * 1024
     np.save(tmp_path / "x.npy", x)
     write_fvecs(tmp_path / "x.fvecs", x)
     write_jsonl(tmp_path / "x.jsonl", ({"vector": v.tolist()} for v in x[:1000]))
-    pq.write_table(pa.table({"vector": pa.array(list(x), type=pa.list_(pa.float32()))}), tmp_path / "x.parquet",
-                   row_group_size=500)
+    pq.write_table(
+        pa.table({"vector": pa.array(list(x), type=pa.list_(pa.float32()))}),
+        tmp_path / "x.parquet",
+        row_group_size=500,
+    )
     for name in ("x.npy", "x.fvecs", "x.jsonl", "x.parquet"):
         source = Input(tmp_path / name)
         pool_peak, rows = 0, 0
@@ -220,8 +271,11 @@ def test_interrupted_import_resumes_where_it_stopped(server, client, vectors, tm
     assert client.get_collection("resumed")["count"] == 1200
 
     sent.clear()
-    monkeypatch.setattr(Client, "upsert", lambda self, c, ids, *a, **o: sent.append(list(ids)) or real_upsert(
-        self, c, ids, *a, **o))
+    monkeypatch.setattr(
+        Client,
+        "upsert",
+        lambda self, c, ids, *a, **o: sent.append(list(ids)) or real_upsert(self, c, ids, *a, **o),
+    )
     second = run(server, *args)
     assert second.exit_code == 0, second.output
     assert "resuming at row 800 of 3,000" in second.stderr
@@ -231,14 +285,20 @@ def test_interrupted_import_resumes_where_it_stopped(server, client, vectors, tm
     assert not progress_file.exists()
 
 
-def test_progress_of_another_input_or_a_recreated_collection_is_not_trusted(server, client, vectors, tmp_path):
+def test_progress_of_another_input_or_a_recreated_collection_is_not_trusted(
+    server, client, vectors, tmp_path
+):
     np.save(tmp_path / "x.npy", vectors)
     progress_file = tmp_path / "x.npy.again.import-progress.json"
     args = [str(tmp_path / "x.npy"), "-c", "again", "--create", "--batch-size", "1000"]
     assert run(server, *args).exit_code == 0
     source = Input(tmp_path / "x.npy")
-    identity = {"url": server.url, "collection": "again", "inputs": source.fingerprint(),
-                "fields": ["id", "vector", "payload"]}
+    identity = {
+        "url": server.url,
+        "collection": "again",
+        "inputs": source.fingerprint(),
+        "fields": ["id", "vector", "payload"],
+    }
     # As if an earlier run had stopped at row 2000, but the collection was deleted and created since.
     client.delete_collection("again")
     progress_file.write_text(json.dumps({"version": 1, "identity": identity, "rows_done": 2000}))
@@ -246,9 +306,15 @@ def test_progress_of_another_input_or_a_recreated_collection_is_not_trusted(serv
     assert result.exit_code == 0 and "is not in 'again'; starting from row 0" in result.stderr, result.output
     check_arrived(client, "again", [str(i) for i in range(ROWS)], vectors)
     # Progress recorded for another file is ignored.
-    progress_file.write_text(json.dumps({"version": 1, "identity": {**identity, "inputs": {}}, "rows_done": 2000}))
+    progress_file.write_text(
+        json.dumps({"version": 1, "identity": {**identity, "inputs": {}}, "rows_done": 2000})
+    )
     result = run(server, *args)
-    assert result.exit_code == 0 and "for another input" in result.stderr and f"imported {ROWS:,}" in result.stdout
+    assert (
+        result.exit_code == 0
+        and "for another input" in result.stderr
+        and f"imported {ROWS:,}" in result.stdout
+    )
 
 
 def test_kill_9_of_the_import_process_then_rerun(server, client, glove, tmp_path):
@@ -256,8 +322,9 @@ def test_kill_9_of_the_import_process_then_rerun(server, client, glove, tmp_path
     np.save(tmp_path / "x.npy", x)
     progress_file = tmp_path / "x.npy.killed.import-progress.json"
     annserve = shutil.which("annserve")
-    command = ([annserve] if annserve else [sys.executable, "-c", "from annserve.cli import main; main()"]) + [
-        "import", str(tmp_path / "x.npy"), "--collection", "killed", "--create", "--batch-size", "10"]
+    command = (
+        [annserve] if annserve else [sys.executable, "-c", "from annserve.cli import main; main()"]
+    ) + ["import", str(tmp_path / "x.npy"), "--collection", "killed", "--create", "--batch-size", "10"]
     env = {**os.environ, "ANNSERVE_URL": server.url}  # the URL from the environment
     log = open(tmp_path / "import.log", "wb")
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -57,9 +57,21 @@ def wheel(tmp_path_factory) -> Path:
     src = _copy_sources(tmp / "src")
     # No build isolation: the installed setuptools builds it, nothing is downloaded.
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp / "dist"),
-         str(src)],
-        check=True, timeout=120, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp / "dist"),
+            str(src),
+        ],
+        check=True,
+        timeout=120,
+        capture_output=True,
     )
     (built,) = (tmp / "dist").glob("annserve-*.whl")
     return built
@@ -82,17 +94,36 @@ def test_wheel_holds_only_annserve_and_every_package_folder(wheel):
         if "__pycache__" not in init.parts
     }
     packaged = {n[: -len("/__init__.py")].replace("/", ".") for n in names if n.endswith("/__init__.py")}
-    assert wanted <= packaged, f"package folders missing from pyproject's packages: {sorted(wanted - packaged)}"
+    assert wanted <= packaged, (
+        f"package folders missing from pyproject's packages: {sorted(wanted - packaged)}"
+    )
 
 
 def test_installed_beside_a_project_with_its_own_app_and_indexes(wheel, tmp_path):
     venv = tmp_path / "venv"
     # The system site-packages give the dependencies (nothing downloaded); the wheel goes into the venv.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
-                   check=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+        check=True,
+        timeout=60,
+    )
     python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
-                    str(wheel)], check=True, timeout=120, capture_output=True)
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--ignore-installed",
+            str(wheel),
+        ],
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
 
     project = tmp_path / "project"
     for package in ("app", "indexes"):
@@ -103,8 +134,9 @@ def test_installed_beside_a_project_with_its_own_app_and_indexes(wheel, tmp_path
     # A fresh install has no numba cache: the eager kernels would compile for ~45 s on first import.
     # What is tested here is which files are imported, not the kernels (tests/test_forest.py etc. are).
     env["NUMBA_DISABLE_JIT"] = "1"
-    done = subprocess.run([str(python), "main.py"], cwd=project, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [str(python), "main.py"], cwd=project, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.splitlines()[-1])
     assert seen["app"] == "the user app" and seen["indexes"] == "the user indexes"
@@ -118,10 +150,20 @@ def test_installed_beside_a_project_with_its_own_app_and_indexes(wheel, tmp_path
     # Outside the user's project there is no `app` or `indexes` to import: the wheel brought none.
     bare = subprocess.run(
         [str(python), "-c", "import importlib.util as u; print(u.find_spec('app'), u.find_spec('indexes'))"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert bare.stdout.split() == ["None", "None"], bare.stdout + bare.stderr
     # The console script is the wheel's too.
-    script = subprocess.run([str(venv / "bin" / "annserve"), "--help"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=60)
+    script = subprocess.run(
+        [str(venv / "bin" / "annserve"), "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert script.returncode == 0 and "serve" in script.stdout and "import" in script.stdout, script.stderr

@@ -33,7 +33,9 @@ from .options import DEFAULT_URL, ApiKey, Url, connect, err_console, fail, repor
 from .sources import Fields, Input
 
 PROGRESS_VERSION = 1
-IDS_HELP = "ids, one per row: .npy, or text with one per line (default: the file's id field, else the row number)"
+IDS_HELP = (
+    "ids, one per row: .npy, or text with one per line (default: the file's id field, else the row number)"
+)
 PAYLOADS_HELP = "payloads, one per row: .jsonl with one JSON object (or null) per line"
 PROGRESS_HELP = "where the progress is kept (default: FILE.COLLECTION.import-progress.json beside FILE)"
 
@@ -59,7 +61,9 @@ class ImportProgress:
     def save(self, rows_done: int) -> None:
         # Write then rename: a crash leaves the old count or the new one, never half a file.
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"version": PROGRESS_VERSION, "identity": self.identity, "rows_done": rows_done}))
+        tmp.write_text(
+            json.dumps({"version": PROGRESS_VERSION, "identity": self.identity, "rows_done": rows_done})
+        )
         os.replace(tmp, self.path)
 
     def remove(self) -> None:
@@ -84,9 +88,13 @@ def import_vectors(
     index: Annotated[str, typer.Option(help="index kind of a created collection")] = "auto",
     id_field: Annotated[str, typer.Option(help=".parquet column / .jsonl key of the id")] = "id",
     vector_field: Annotated[str, typer.Option(help=".parquet column / .jsonl key of the vector")] = "vector",
-    payload_field: Annotated[str, typer.Option(help=".parquet column / .jsonl key of the payload")] = "payload",
+    payload_field: Annotated[
+        str, typer.Option(help=".parquet column / .jsonl key of the payload")
+    ] = "payload",
     progress_file: Annotated[Optional[Path], typer.Option(help=PROGRESS_HELP, show_default=False)] = None,
-    restart: Annotated[bool, typer.Option("--restart", help="ignore earlier progress, send every row")] = False,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="ignore earlier progress, send every row")
+    ] = False,
 ) -> None:
     """Stream a vector file into a collection over HTTP, a batch at a time; re-run to resume."""
     with reported_errors():
@@ -145,8 +153,13 @@ def _send(
 ) -> None:
     began, done = time.perf_counter(), start
     bar = Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        _RateColumn(), TimeRemainingColumn(), console=err_console, transient=False,
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
     )
     try:
         with bar:
@@ -165,7 +178,9 @@ def _send(
     sent = done - start
     resumed = f" (resumed at row {start:,})" if start else ""
     rate = sent / max(seconds, 1e-9)
-    typer.echo(f"imported {sent:,} vectors into {collection!r} in {seconds:.1f} s: {rate:,.0f} vectors/s{resumed}")
+    typer.echo(
+        f"imported {sent:,} vectors into {collection!r} in {seconds:.1f} s: {rate:,.0f} vectors/s{resumed}"
+    )
 
 
 def _resume_hint(progress: ImportProgress) -> str:

@@ -19,8 +19,9 @@ Url = Annotated[
 ]
 ApiKey = Annotated[
     Optional[str],
-    typer.Option("--api-key", envvar="ANNSERVE_API_KEY", help="sent as X-API-Key", show_envvar=True,
-                 show_default=False),
+    typer.Option(
+        "--api-key", envvar="ANNSERVE_API_KEY", help="sent as X-API-Key", show_envvar=True, show_default=False
+    ),
 ]
 DEFAULT_URL = "http://127.0.0.1:8000"
 

@@ -24,8 +24,14 @@ def collections(url: Url = DEFAULT_URL, api_key: ApiKey = None) -> None:
         built = (index.get("built") or {}).get("kind")
         kind = index["kind"] if built in (None, index["kind"]) else f"{index['kind']} ({built})"
         table.add_row(
-            info["name"], str(info["dim"]), info["metric"], kind, f"{info['count']:,}",
-            f"{info['main_count']:,}", f"{info['fresh_count']:,}", info.get("last_rebuild_at") or "never",
+            info["name"],
+            str(info["dim"]),
+            info["metric"],
+            kind,
+            f"{info['count']:,}",
+            f"{info['main_count']:,}",
+            f"{info['fresh_count']:,}",
+            info.get("last_rebuild_at") or "never",
         )
     out_console.print(table)
 
@@ -37,7 +43,9 @@ def search(
     ] = None,
     id: Annotated[Optional[str], typer.Option("--id", help="search with this stored item's vector")] = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="results")] = 10,
-    params: Annotated[Optional[str], typer.Option(help='search parameters as JSON, e.g. \'{"ef": 64}\'')] = None,
+    params: Annotated[
+        Optional[str], typer.Option(help="search parameters as JSON, e.g. '{\"ef\": 64}'")
+    ] = None,
     exact: Annotated[bool, typer.Option("--exact", help="brute force over the same live data")] = False,
     with_payload: Annotated[bool, typer.Option("--with-payload", help="show each hit's payload")] = False,
     url: Url = DEFAULT_URL,
@@ -49,11 +57,18 @@ def search(
     search_params = _json_object(params, "--params") if params is not None else None
     with reported_errors(), connect(url, api_key) as client:
         if vector is not None:
-            hits = client.search(collection, _parse_vector(vector), k=k, params=search_params,
-                                 with_payload=with_payload, exact=exact)
+            hits = client.search(
+                collection,
+                _parse_vector(vector),
+                k=k,
+                params=search_params,
+                with_payload=with_payload,
+                exact=exact,
+            )
         else:
-            hits = client.search_by_id(collection, id, k=k, params=search_params,
-                                       with_payload=with_payload, exact=exact)
+            hits = client.search_by_id(
+                collection, id, k=k, params=search_params, with_payload=with_payload, exact=exact
+            )
     table = Table("rank", "id", "score", *(["payload"] if with_payload else []))
     for rank, hit in enumerate(hits, start=1):
         extra = [json.dumps(hit.payload)] if with_payload else []
@@ -74,12 +89,21 @@ def rebuild(
             job = client.rebuild(collection)
             typer.echo(f"rebuild of {collection!r} started: job {job['id']} ({job['state']})")
             return
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                       console=err_console)
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+        )
         with bar:
             task = bar.add_task(f"rebuild {collection}", total=1.0)
-            job = client.rebuild(collection, wait=True, timeout=timeout,
-                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+            job = client.rebuild(
+                collection,
+                wait=True,
+                timeout=timeout,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
     info = job.get("finished_at") or ""
     typer.echo(f"rebuild of {collection!r} succeeded: job {job['id']} {info}".rstrip())
 
@@ -87,7 +111,9 @@ def rebuild(
 def _parse_vector(text: str) -> np.ndarray:
     text = text.strip()
     try:
-        values = json.loads(text) if text.startswith("[") else [float(x) for x in text.replace(",", " ").split()]
+        values = (
+            json.loads(text) if text.startswith("[") else [float(x) for x in text.replace(",", " ").split()]
+        )
         vector = np.asarray(values, dtype=np.float32)
     except (ValueError, TypeError):
         fail(f"--vector: expected numbers separated by commas or a JSON list, got {text[:60]!r}")

@@ -104,7 +104,7 @@ class _Fvecs(_VectorFile):
         self.row_bytes = 4 * (self.dim + 1)
         if size % self.row_bytes:
             raise InputError(
-                f"{path}: {size} bytes is not a whole number of rows of {self.row_bytes} bytes (dim {self.dim})"
+                f"{path}: {size} bytes is not a whole number of {self.row_bytes}-byte rows (dim {self.dim})"
             )
         self.rows = size // self.row_bytes
 
@@ -143,16 +143,23 @@ class _Parquet(_VectorFile):
                 "name it with --vector-field"
             )
         vector_type = schema.field(fields.vector).type
-        if not (pa.types.is_list(vector_type) or pa.types.is_large_list(vector_type)
-                or pa.types.is_fixed_size_list(vector_type)) or not (
-                pa.types.is_floating(vector_type.value_type) or pa.types.is_integer(vector_type.value_type)):
+        if not (
+            pa.types.is_list(vector_type)
+            or pa.types.is_large_list(vector_type)
+            or pa.types.is_fixed_size_list(vector_type)
+        ) or not (
+            pa.types.is_floating(vector_type.value_type) or pa.types.is_integer(vector_type.value_type)
+        ):
             raise InputError(f"{path}: column {fields.vector!r} is {vector_type}; expected a list of numbers")
         self.columns = [name for name in (fields.vector, fields.id, fields.payload) if name in schema.names]
         self.has_ids, self.has_payloads = fields.id in schema.names, fields.payload in schema.names
         if self.has_payloads:
             payload_type = schema.field(fields.payload).type
-            if not (pa.types.is_struct(payload_type) or pa.types.is_string(payload_type)
-                    or pa.types.is_large_string(payload_type)):
+            if not (
+                pa.types.is_struct(payload_type)
+                or pa.types.is_string(payload_type)
+                or pa.types.is_large_string(payload_type)
+            ):
                 raise InputError(
                     f"{path}: column {fields.payload!r} is {payload_type}; expected a struct or a JSON string"
                 )
@@ -230,7 +237,9 @@ class _Jsonl(_VectorFile):
             try:
                 vectors = np.asarray(rows, dtype=np.float32)
             except (TypeError, ValueError):
-                raise InputError(f"{self.path} lines {chunk[0][0]}-{chunk[-1][0]}: vectors hold non-numbers") from None
+                raise InputError(
+                    f"{self.path} lines {chunk[0][0]}-{chunk[-1][0]}: vectors hold non-numbers"
+                ) from None
             yield _Part(
                 vectors,
                 ids=[record.get(self.fields.id) for _, record in chunk],
@@ -314,7 +323,9 @@ class _PayloadsFile(_SideFile):
     def values(self, start: int) -> Iterator[Any]:
         for number, record in _records(self.path, start):
             if record is not None and not isinstance(record, dict):
-                raise InputError(f"{self.path} line {number}: expected an object or null, got {type(record).__name__}")
+                raise InputError(
+                    f"{self.path} line {number}: expected an object or null, got {type(record).__name__}"
+                )
             yield record
 
 
@@ -324,8 +335,9 @@ class _PayloadsFile(_SideFile):
 class Input:
     """A vector file with its optional side files: `rows`, `dim`, and `batches(start, size)`."""
 
-    def __init__(self, path: Path, ids: Path | None = None, payloads: Path | None = None,
-                 fields: Fields = Fields()) -> None:
+    def __init__(
+        self, path: Path, ids: Path | None = None, payloads: Path | None = None, fields: Fields = Fields()
+    ) -> None:
         self.paths = [p for p in (path, ids, payloads) if p is not None]
         for p in self.paths:
             if not p.is_file():
@@ -346,7 +358,9 @@ class Input:
         self.payloads = _PayloadsFile(payloads) if payloads is not None else None
         for side in (self.ids, self.payloads):
             if side is not None and side.count != self.rows:
-                raise InputError(f"--{side.what} {side.path}: {side.count} lines for the {self.rows} rows of {path}")
+                raise InputError(
+                    f"--{side.what} {side.path}: {side.count} lines for the {self.rows} rows of {path}"
+                )
 
     def fingerprint(self) -> dict[str, list[int]]:
         """What makes a re-run the same input: each file's resolved path, size and modification time."""
@@ -365,7 +379,9 @@ class Input:
                 row,
                 self._ids(batch_ids, row, n),
                 part.vectors,
-                None if batch_payloads is None else [self._payload(p, row + i) for i, p in enumerate(batch_payloads)],
+                None
+                if batch_payloads is None
+                else [self._payload(p, row + i) for i, p in enumerate(batch_payloads)],
             )
             row += n
 
