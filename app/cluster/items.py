@@ -17,7 +17,6 @@ from starlette.exceptions import HTTPException
 
 from ..api.routes.vectors import parse_items
 from ..api.transport.parsing import load_object
-from ..engine.collection import check_vectors
 from .fanout import NodeAnswer, ShardUnavailable
 from .ownership import positions_by_owner, shard_of
 from .search import b64
@@ -36,7 +35,6 @@ async def upsert(state: RouterState, name: str, raw: bytes, headers: dict[str, s
     body = load_object(raw, UPSERT_FIELDS)
     spec = await state.spec(name, headers)
     ids, vectors, payloads = parse_items(body.get("items"), spec.dim, state.settings.max_upsert_batch)
-    check_vectors(vectors, spec.dim, name)  # the engine's own checks (norm cap), before any node writes
     groups = positions_by_owner(ids, len(state.shards))
     bodies = {}
     for shard, positions in groups.items():
