@@ -297,7 +297,18 @@ class PQIndex(_FaissIndex):
     needs_training = True
 
     def _build(self, x: np.ndarray | None) -> faiss.Index:
+        chosen_m = self.build_params["m"] is not None
         m, nbits = self._pq_shape(x.shape[0])
+        if self.dim // m == 2 and nbits < 3:
+            # IndexPQ scores 2-d sub-vectors with a SIMD kernel that fails at search time
+            # unless 2**nbits is a multiple of 8 (`ksub % 8 == 0`); 1-d sub-vectors have no such
+            # kernel. Only small sets get nbits < 3 by default.
+            if chosen_m:
+                raise ValueError(
+                    f"pq: m={m} makes sub-vectors of 2 dims, which FAISS's IndexPQ can search only "
+                    f"with nbits >= 3, got nbits={nbits}: choose another m or nbits >= 3"
+                )
+            m = self.build_params["m"] = self.dim
         index = faiss.IndexPQ(self.dim, m, nbits, self._faiss_metric)
         index.pq.cp.niter = PQ_TRAIN_ITERATIONS
         index.train(x)

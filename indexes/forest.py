@@ -59,21 +59,27 @@ from typing import Any
 
 import numba
 import numpy as np
-from .base import MAX_INT_PARAM, MAX_SEED, Index
-from .prefetch import prefetch
+from numba import types as nt
 
-_JIT = dict(nogil=True, cache=True, fastmath=True)
+from .base import MAX_INT_PARAM, MAX_SEED, Index
+from .kernels import JIT, deheap_sort, heap_offer, heap_push, heap_sift_down, prefetch, score_rows
+
 _TWO_MEANS_STEPS = 200  # Annoy's ITERATION_STEPS
 _SPLIT_TRIES = 3  # re-draws of an unbalanced split before a blind half-half split (Annoy)
 _MAX_IMBALANCE = 0.95
 _SEARCH_K_PER_TREE_AND_K = 8  # default search_k = this * n_trees * k at 10K points (Annoy: 1)
 _RERANK_PER_K = 4  # candidates re-scored exactly, per result asked for
+# The forest's arrays as saved, and their dtypes (see the module docstring).
+_FOREST_DTYPES = {
+    "hyperplanes": np.int8, "scales": np.float32, "offsets": np.float32, "children": np.int32,
+    "roots": np.int32, "indices": np.int32, "leaf_offsets": np.int64, "sphere_radius": np.float32,
+}
 
 
 # ---------------------------------------------------------------- randomness (explicit state)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**JIT)
 def _rand_below(state, bound):
     """Uniform integer in [0, bound) from a xorshift64* generator; `state` is uint64 (1,)."""
     x = state[0]
@@ -87,7 +93,7 @@ def _rand_below(state, bound):
 # ------------------------------------------------------------------------------ build
 
 
-@numba.njit(**_JIT)
+@numba.njit(**JIT)
 def _sq_dist(a, b):
     acc = np.float32(0.0)
     for z in range(a.shape[0]):
@@ -96,7 +102,7 @@ def _sq_dist(a, b):
     return acc
 
 
-@numba.njit(**_JIT)
+@numba.njit(**JIT)
 def _two_means_split(data, perm, start, end, state, p, q, normal, normal8):
     """The bisector of two 2-means centroids: fill `normal8` (dim,) int8 with its unit normal
     in 8 bits and `normal` (dim,) float32 with the same normal as searches will see it
@@ -143,7 +149,7 @@ def _two_means_split(data, perm, start, end, state, p, q, normal, normal8):
     return offset, scale
 
 
-@numba.njit(**_JIT)
+@numba.njit(**JIT)
 def _partition(data, perm, start, end, normal, offset, state):
     """Reorder perm[start:end] so points with positive margin come last; return the split."""
     lo = start
@@ -163,7 +169,7 @@ def _partition(data, perm, start, end, normal, offset, state):
     return lo
 
 
-@numba.njit(**_JIT)
+@numba.njit(**JIT)
 def _grow_nodes(hyperplanes, scales, offsets, children):
     cap = hyperplanes.shape[0] * 2
     h = np.zeros((cap, hyperplanes.shape[1]), dtype=np.int8)
@@ -177,7 +183,7 @@ def _grow_nodes(hyperplanes, scales, offsets, children):
     return h, s, o, c
 
 
-@numba.njit(**_JIT)
+@numba.njit(**JIT)
 def _build_tree(data, leaf_size, keep_dim, seed):
     """One tree over all rows of `data` (n, d) float32.
 
@@ -269,57 +275,7 @@ def _build_tree(data, leaf_size, keep_dim, seed):
 # ----------------------------------------------------------------------------- search
 
 
-
-
-@numba.njit(**_JIT)
-def _heap_push(keys, codes, size, key, code):
-    """Push onto the max-heap keys[:size]; returns the new size (drops the push when full)."""
-    if size == keys.shape[0]:
-        return size
-    i = size
-    while i > 0:
-        parent = (i - 1) >> 1
-        if keys[parent] >= key:
-            break
-        keys[i] = keys[parent]
-        codes[i] = codes[parent]
-        i = parent
-    keys[i] = key
-    codes[i] = code
-    return size + 1
-
-
-@numba.njit(**_JIT)
-def _heap_sift_down(keys, codes, size, key, code):
-    """Place (key, code) at the root of the max-heap keys[:size] and restore the order."""
-    i = 0
-    while True:
-        child = 2 * i + 1
-        if child >= size:
-            break
-        if child + 1 < size and keys[child + 1] > keys[child]:
-            child += 1
-        if keys[child] <= key:
-            break
-        keys[i] = keys[child]
-        codes[i] = codes[child]
-        i = child
-    keys[i] = key
-    codes[i] = code
-
-
-@numba.njit(**_JIT)
-def _heap_offer(keys, codes, size, key, code):
-    """Offer (key, code) to the bounded max-heap keys[:size] that keeps the keys.shape[0]
-    smallest keys; returns the new size."""
-    if size < keys.shape[0]:
-        return _heap_push(keys, codes, size, key, code)
-    if key < keys[0]:
-        _heap_sift_down(keys, codes, size, key, code)
-    return size
-
-
-@numba.njit(**_JIT)
+@numba.njit(**JIT)
 def _prefetch_node(node, dim, hyperplanes, children, scales, offsets, leaf_offsets):
     """Start fetching what the descent reads at `node`: an internal node's hyperplane, children,
     scale and offset, or a leaf's bounds (node codes as in the module docstring)."""
@@ -333,7 +289,7 @@ def _prefetch_node(node, dim, hyperplanes, children, scales, offsets, leaf_offse
         prefetch(leaf_offsets, -node - 1, 0)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**JIT)
 def _score_codes(rows, count, codes, code_query, code_bias, code_scale, is_l2, cand_d, cand_i, n_cand):
     """Offer rows[:count] to the candidate heap by their approximate distance from the 8-bit
     codes; returns the new heap size."""
@@ -350,11 +306,11 @@ def _score_codes(rows, count, codes, code_query, code_bias, code_scale, is_l2, c
             for z in range(dim):
                 approx -= code_query[z] * np.float32(c[z])
             approx -= code_bias
-        n_cand = _heap_offer(cand_d, cand_i, n_cand, approx, row)
+        n_cand = heap_offer(cand_d, cand_i, n_cand, approx, row)
     return n_cand
 
 
-@numba.njit(**_JIT)
+@numba.njit(**JIT)
 def _search_one(
     query, tree_query, code_query, code_bias, search_k, data, codes, code_scale, is_l2,
     hyperplanes, scales, offsets, children, roots, leaf_offsets, indices,
@@ -381,7 +337,7 @@ def _search_one(
             key = pq_keys[0]
             pq_size -= 1
             if pq_size > 0:
-                _heap_sift_down(pq_keys, pq_codes, pq_size, pq_keys[pq_size], pq_codes[pq_size])
+                heap_sift_down(pq_keys, pq_codes, pq_size, pq_keys[pq_size], pq_codes[pq_size])
                 # The next subtree to pop is known now: start fetching its top.
                 # Lighter than _prefetch_node on purpose: a pop happens per leaf, and fetching
                 # the whole next node here measured slower on GloVe (1,759 -> 1,487 QPS).
@@ -415,7 +371,7 @@ def _search_one(
                 near = left
                 far = right
                 m = -m
-            pq_size = _heap_push(pq_keys, pq_codes, pq_size, min(key, -m), far)
+            pq_size = heap_push(pq_keys, pq_codes, pq_size, min(key, -m), far)
             key = min(key, m)
             code = near
         leaf = -code - 1
@@ -445,28 +401,24 @@ def _search_one(
         cand_d, cand_i, n_cand,
     )
     # Exact re-scoring of the best candidates by their 8-bit codes.
-    for b in range(n_cand):
-        row = cand_i[b]
-        for z in range(0, dim, 16):
-            prefetch(data, row, z)
-        prefetch(data, row, dim - 1)
-    found = 0
-    for b in range(n_cand):
-        row = cand_i[b]
-        x = data[row]
-        dist = np.float32(0.0)
-        if is_l2:
-            for z in range(dim):
-                diff = x[z] - query[z]
-                dist += diff * diff
-        else:
-            for z in range(dim):
-                dist -= x[z] * query[z]
-        found = _heap_offer(best_d, best_i, found, dist, row)
-    return found
+    return score_rows(query, data, cand_i, n_cand, is_l2, best_d, best_i, 0)
 
 
-@numba.njit(**_JIT)
+# An eager signature: the search kernel is compiled (or loaded from numba's cache) at import,
+# not on the first request.
+_F32_1D, _F32_2D = nt.float32[::1], nt.float32[:, ::1]
+_SEARCH_BATCH_SIG = (
+    _F32_2D, nt.int64, nt.int64, nt.int64,  # queries, k, rerank, search_k
+    _F32_2D, nt.uint8[:, ::1], _F32_1D, _F32_1D, nt.int64[::1],  # data, codes, code_min, code_scale, ids
+    nt.boolean, nt.float32, nt.int64,  # is_l2, sphere_radius, max_leaf
+    nt.int8[:, ::1], _F32_1D, _F32_1D, nt.int32[:, ::1], nt.int32[::1],  # hyperplanes .. roots
+    nt.int64[::1], nt.int32[::1],  # leaf_offsets, indices
+    nt.uint8[::1], nt.uint8[::1], _F32_1D, nt.int32[::1],  # visited, generation, pq_keys, pq_codes
+    nt.int64[:, ::1], _F32_2D,  # out_ids, out_scores
+)
+
+
+@numba.njit(_SEARCH_BATCH_SIG, **JIT)
 def _search_batch(
     queries, k, rerank, search_k, data, codes, code_min, code_scale, ids, is_l2,
     sphere_radius, max_leaf, hyperplanes, scales, offsets, children, roots, leaf_offsets,
@@ -516,11 +468,10 @@ def _search_batch(
             hyperplanes, scales, offsets, children, roots, leaf_offsets, indices,
             visited, generation[0], pq_keys, pq_codes, cand_d, cand_i, best_d, best_i, batch,
         )
-        order = np.argsort(best_d[:found])
+        deheap_sort(best_d, best_i, found)
         for r in range(found):
-            out_ids[qi, r] = ids[best_i[order[r]]]
-            d = best_d[order[r]]
-            out_scores[qi, r] = d if is_l2 else -d
+            out_ids[qi, r] = ids[best_i[r]]
+            out_scores[qi, r] = best_d[r] if is_l2 else -best_d[r]
         for r in range(found, k):
             out_ids[qi, r] = -1
             out_scores[qi, r] = np.inf if is_l2 else -np.inf
@@ -684,7 +635,8 @@ class ForestIndex(Index):
         scratch = self._scratch(version, args[0].shape[0], n_internal)
         out_ids = np.empty((q.shape[0], k), dtype=np.int64)
         out_scores = np.empty((q.shape[0], k), dtype=np.float32)
-        _search_batch(q, k, _RERANK_PER_K * k, search_k, *args, *scratch, out_ids, out_scores)
+        queries = np.ascontiguousarray(q, dtype=np.float32)
+        _search_batch(queries, k, _RERANK_PER_K * k, search_k, *args, *scratch, out_ids, out_scores)
         return out_ids, out_scores
 
     # ---- persistence
@@ -704,10 +656,10 @@ class ForestIndex(Index):
         self._ids = np.ascontiguousarray(arrays["ids"], dtype=np.int64)
         self._pending = []
         if self._vectors.shape[0]:
+            # The dtypes the search kernel's signature fixes (a file from elsewhere may differ).
             self._forest = {
-                name: np.ascontiguousarray(arrays[name])
-                for name in ("hyperplanes", "scales", "offsets", "children", "roots", "indices",
-                             "leaf_offsets", "sphere_radius")
+                name: np.ascontiguousarray(arrays[name], dtype=dtype)
+                for name, dtype in _FOREST_DTYPES.items()
             }
         else:
             self._forest = None

@@ -6,10 +6,21 @@ the other caller's ef. `_EfGate` makes that race-free without serialising the co
 searches that want the index's current ef run together; one that wants another ef waits
 until they drain, switches, and then lets its own kind run together. Adds are exclusive,
 because growing the index (`resize_index`) reallocates under running searches.
+
+Threads: a search runs on its caller's thread (`num_threads=1`): the service's own threads give
+the parallelism, and hnswlib would otherwise start a new pool for every micro-batch of more
+than 4 x cores rows. `add` uses hnswlib's threads (one per core by default).
+
+Saved state: hnswlib's own in-memory serialisation (`Index.__getstate__`, the dict its pickling
+support builds), stored as plain arrays in the index file: the graph and vectors as
+`hnswlib_<name>` arrays and the scalar parameters as JSON (`hnswlib_params`). No temporary
+file and no second copy of the index on disk; files of the earlier format (one `hnswlib` blob
+written by `save_index`) still load.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import threading
@@ -19,13 +30,18 @@ from typing import Any, Iterator
 import hnswlib
 import numpy as np
 
-from .base import MAX_M, Index, serialize_bytes
+from .base import MAX_M, Index
 
 INITIAL_CAPACITY = 1024
 # hnswlib's per-element extras besides vector and links: the level-0 link count (4 bytes),
 # the label (8), the element's level (4), its upper-link pointer (8) and its slot in the
 # label -> id hash map (~32 with the node), rounded.
 PER_ELEMENT_OVERHEAD = 56
+# The arrays of hnswlib's state dict (`Index.__getstate__()[0]`); every other entry is a scalar.
+STATE_ARRAYS = ("label_lookup_external", "label_lookup_internal", "element_levels", "data_level0", "link_lists")
+PARAMS_KEY = "hnswlib_params"
+LEGACY_KEY = "hnswlib"
+SEARCH_THREADS = 1  # the earlier format: the bytes hnswlib's save_index wrote
 
 
 class _EfGate:
@@ -118,11 +134,10 @@ class HnswlibIndex(Index):
             index.add_items(x, ids)
 
     def _search(self, q: np.ndarray, k: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        # One query gains nothing from a thread pool; a batch uses all cores.
-        threads = 1 if q.shape[0] == 1 else -1
+        # One thread per call (see the module docstring).
         with self._gate.searching(params["ef"]):
             try:
-                labels, distances = self.library_index.knn_query(q, k=k, num_threads=threads)
+                labels, distances = self.library_index.knn_query(q, k=k, num_threads=SEARCH_THREADS)
             except RuntimeError:
                 # hnswlib cannot pad: a graph built too sparse to reach k items raises this.
                 raise ValueError(
@@ -150,19 +165,71 @@ class HnswlibIndex(Index):
         return int(index.max_elements * level0 + upper)
 
     def _state(self) -> dict[str, np.ndarray]:
-        # hnswlib serialises only to a file path.
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "hnswlib.bin")
-            with self._gate.exclusive():
-                self.library_index.save_index(path)
-            with open(path, "rb") as f:
-                return {"hnswlib": serialize_bytes(f.read())}
+        with self._gate.exclusive():  # hnswlib's own copy is not safe beside add_items
+            (state,) = self.library_index.__getstate__()
+        params = {name: value for name, value in state.items() if name not in STATE_ARRAYS}
+        arrays = {f"hnswlib_{name}": np.ascontiguousarray(state[name]) for name in STATE_ARRAYS}
+        arrays[PARAMS_KEY] = np.frombuffer(json.dumps(params).encode(), dtype=np.uint8)
+        return arrays
 
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
-        index = hnswlib.Index(space=self.space, dim=self.dim)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "hnswlib.bin")
-            arrays["hnswlib"].tofile(path)
-            index.load_index(path)
+        if LEGACY_KEY in arrays:
+            index = _load_legacy(self.space, self.dim, arrays[LEGACY_KEY])
+        else:
+            state = json.loads(arrays[PARAMS_KEY].tobytes().decode())
+            state.update({name: arrays[f"hnswlib_{name}"] for name in STATE_ARRAYS})
+            _check_state(state, self.space, self.dim)
+            # The saving machine's thread count is not this one's: take hnswlib's default here.
+            state["num_threads"] = hnswlib.Index(space=self.space, dim=self.dim).num_threads
+            index = hnswlib.Index.__new__(hnswlib.Index)
+            try:
+                index.__setstate__((state,))
+            except (RuntimeError, TypeError, ValueError) as exc:  # hnswlib's own consistency checks
+                raise ValueError(f"hnswlib state does not match its parameters ({exc})") from None
         self.library_index = index
         self._gate.rebind(index.set_ef, self.search_params["ef"])
+
+
+def _check_state(state: dict[str, Any], space: str, dim: int) -> None:
+    """ValueError unless hnswlib's state dict is consistent enough for `__setstate__`, which
+    copies the arrays by the sizes its scalars give and would read or write past a short one."""
+    try:
+        count, capacity = int(state["cur_element_count"]), int(state["max_elements"])
+        per_element, per_links = int(state["size_data_per_element"]), int(state["size_links_per_element"])
+        levels = np.asarray(state["element_levels"])
+        problems = [
+            f"space {state['space']!r} / dim {state['dim']} for an index of {space!r} / {dim}"
+            if (state["space"], int(state["dim"])) != (space, dim) else "",
+            f"{count} elements for a capacity of {capacity}" if not 0 <= count <= capacity else "",
+            f"element_levels of {levels.size} entries, expected {capacity}" if levels.size != capacity else "",
+        ]
+        if not any(problems):
+            expected = {
+                "label_lookup_external": count,
+                "label_lookup_internal": count,
+                "data_level0": count * per_element,
+                "link_lists": per_links * int(levels[levels > 0].astype(np.int64).sum()),
+            }
+            problems += [
+                f"{name} of {np.asarray(state[name]).size} entries, expected {size}"
+                for name, size in expected.items() if np.asarray(state[name]).size != size
+            ]
+            internal = np.asarray(state["label_lookup_internal"]).astype(np.int64)
+            if internal.size and (internal.min() < 0 or internal.max() >= count):
+                problems.append(f"internal ids outside [0, {count})")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"hnswlib state is incomplete ({exc!r})") from None
+    problems = [p for p in problems if p]
+    if problems:
+        raise ValueError("hnswlib state is inconsistent: " + "; ".join(problems))
+
+
+def _load_legacy(space: str, dim: int, blob: np.ndarray) -> Any:
+    """An index from the earlier file format (the bytes of `save_index`), which hnswlib reads
+    only from a path."""
+    index = hnswlib.Index(space=space, dim=dim)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "hnswlib.bin")
+        blob.tofile(path)
+        index.load_index(path)
+    return index

@@ -22,9 +22,10 @@ GloVe, as the chance that a neighbour lies across a hyperplane falls about linea
 small margin). The union of the visited buckets is de-duplicated
 with a visited-marker array (uint8 generations, cleared once every 255 queries) and
 re-scored exactly; the best k are returned. The kernel runs in stages (all probe keys, then
-all bucket bounds, then the candidates, then the scores) and prefetches one stage ahead:
-the cost on a large index is memory latency, and independent loads overlap where a
-bucket-by-bucket loop would wait on each one in turn.
+all bucket bounds, then the candidates in blocks of `_CAND_BLOCK`, each block scored before
+the next is gathered) and prefetches one stage ahead: the cost on a large index is memory
+latency, and independent loads overlap where a bucket-by-bucket loop would wait on each one
+in turn.
 
 Metrics, and why all three are served:
 - `cosine`: base.py hands us unit vectors; hyperplanes are offset to the median projection
@@ -45,10 +46,11 @@ Metrics, and why all three are served:
   distance along the normal), so the same tables serve l2 without a separate p-stable
   (E2LSH) scheme; re-scoring is exact squared distance.
 
-Knobs: `n_tables` (L) and `n_bits` (K) at build, `probes` at search. More tables raise
-recall per re-scored row and memory (4 bytes per row per table, plus 2**K * 4 bytes);
-more bits make smaller buckets (fewer candidates per probe, lower recall per probe); more
-probes raise recall at the cost of candidates to re-score.
+Knobs: `n_tables` (L) and `n_bits` (K) at build, `probes` at search (1 to MAX_PROBES = 1024;
+past 2**K a table has no more buckets to visit). More tables raise recall per re-scored row
+and memory (4 bytes per row per table, plus 2**K * 4 bytes); more bits make smaller buckets
+(fewer candidates per probe, lower recall per probe); more probes raise recall at the cost of
+candidates to re-score.
 
 Measured on GloVe 6B 50d (399K rows, cosine, 1000 held-out queries, one query per call
 through `search`, one thread, shared 2-core box), defaults n_tables=64, n_bits=17
@@ -70,14 +72,22 @@ not faster in these runs, and cost more memory (2**n_bits offsets per table). On
 collections (10K rows) the defaults re-score a quarter of the rows: exact search is as
 fast there, and `probes=8` is enough for recall 0.95.
 
+`add` hashes only the rows it is given and keeps them, with their keys, beside the tables;
+they are merged into the CSR arrays once, before the next search (or save): adding n rows in
+chunks costs the same as one add of all of them. An add between every two searches still
+merges each time, O(n * n_tables) per merge.
+
+Memory a search uses besides its answers: the probe keys and bucket bounds (3 x n_tables x
+probes int64), one candidate block, and per calling thread one visited byte per row, kept
+between calls (a batch split over numba's threads keeps one row of markers per numba thread).
+
 What it cannot do: memory grows with n_tables (4 bytes per row per table plus the
 vectors); deletions are not supported (rebuild); the hyperplanes are fixed at train
-time, so data that drifts far from the training sample gets unbalanced buckets; each
-`add` rebuilds every table over all rows (add in bulk).
+time, so data that drifts far from the training sample gets unbalanced buckets.
 
-Threads: any number of concurrent searches (per-thread scratch, GIL released); `train` and
-`add` must not run while another thread searches the same index (the service keeps writes
-and searches apart with a readers-writer lock).
+Threads: any number of concurrent searches (per-thread scratch, GIL released), and `add` may
+run beside them (a search reads one immutable snapshot of the tables); `train` must not run
+while another thread searches the same index.
 """
 
 from __future__ import annotations
@@ -87,22 +97,27 @@ from typing import Any
 
 import numba
 import numpy as np
+from numba import types as nt
 
 from .base import MAX_SEED, Index
-from .prefetch import prefetch
+from .kernels import JIT, deheap_sort, heap_push, heap_sift_down, prefetch, score_rows
 
 _MAX_BITS = 24  # offsets hold 2**n_bits + 1 entries per table
+# Buckets a search may visit per table: a search holds 3 x n_tables x probes int64 of probe
+# keys and bucket bounds (1.5 MB at the default 64 tables). Recall on GloVe 400K is 0.99 at
+# 48 probes; exact search is faster than a few hundred.
+MAX_PROBES = 1024
 _GEN_LIMIT = 255  # visited markers are uint8 generations
 _PROJECT_CHUNK = 16384
-_PREFETCH_AHEAD = 8  # candidates whose rows are requested before they are scored
+_CAND_BLOCK = 4096  # candidates gathered, then scored, at a time (16 KB: stays in L1/L2)
+_COSINE, _IP, _L2 = 0, 1, 2  # metric codes of the kernels
+_FLIP_BITS = 32  # a probe-heap payload is flip | (last << _FLIP_BITS); flip has n_bits <= 24 bits
 
 
-# ---------------------------------------------------------------- numba kernels
+# ---------------------------------------------------------------- numba kernels: build
 
 
-
-
-@numba.njit(nogil=True, cache=True, fastmath=True)
+@numba.njit(**JIT)
 def _pack_keys(proj, bias, n_tables, n_bits, out, row0):
     """Bits of (rows, n_tables*n_bits) projections -> keys out[t, row0 + i]."""
     rows = proj.shape[0]
@@ -117,80 +132,49 @@ def _pack_keys(proj, bias, n_tables, n_bits, out, row0):
 
 
 @numba.njit(nogil=True, cache=True)
-def _bucket_rows(keys, n_keys, offsets, members):
-    """Counting sort of each table's rows by key: the CSR offsets (n_tables, n_keys + 1)
-    and members (n_tables * n,), rows in increasing order within a bucket."""
-    n_tables, n = keys.shape
+def _merge_buckets(old_offsets, old_members, n_old, keys, offsets, members):
+    """The CSR tables over n_old + m rows: the old tables (old_offsets (n_tables, n_keys + 1),
+    old_members (n_tables * n_old,)) with m new rows n_old.. whose keys are keys (n_tables, m),
+    into offsets and members (n_tables * (n_old + m),). Within a bucket rows stay in increasing
+    order (old ones first), so merging in chunks gives the arrays one add of all rows gives."""
+    n_tables, m = keys.shape
+    n_keys = offsets.shape[1] - 1
+    n = n_old + m
+    fill = np.empty(n_keys + 1, dtype=np.int64)
     for t in range(n_tables):
-        fill = np.zeros(n_keys + 1, dtype=np.int64)
-        for i in range(n):
+        fill[:] = 0
+        for i in range(m):
             fill[keys[t, i] + 1] += 1
+        # Bucket by bucket: the old members, then room for the new ones (fill[key] becomes
+        # where they go; it held the count of the bucket before, already used).
+        at = 0
+        offsets[t, 0] = 0
         for key in range(n_keys):
-            fill[key + 1] += fill[key]
-            offsets[t, key + 1] = fill[key + 1]
-        for i in range(n):
+            for j in range(old_offsets[t, key], old_offsets[t, key + 1]):
+                members[t * n + at] = old_members[t * n_old + j]
+                at += 1
+            added = fill[key + 1]
+            fill[key] = at
+            at += added
+            offsets[t, key + 1] = at
+        for i in range(m):
             key = keys[t, i]
-            members[t * n + fill[key]] = i
+            members[t * n + fill[key]] = n_old + i
             fill[key] += 1
 
 
-@numba.njit(nogil=True, cache=True)
-def _expand_keys(offsets, members, n, out):
-    """Inverse of the CSR build: out[t, row] = key of row in table t."""
-    n_tables, n_keys = offsets.shape[0], offsets.shape[1] - 1
-    for t in range(n_tables):
-        for key in range(n_keys):
-            for j in range(offsets[t, key], offsets[t, key + 1]):
-                out[t, members[t * n + j]] = key
+# ---------------------------------------------------------------- numba kernels: search
 
 
-@numba.njit(nogil=True, cache=True, fastmath=True)
-def _heap_push(hs, hf, hl, size, score, flip, last):
-    """Min-heap on hs of probe perturbations (flipped-bit mask, last bit in margin order)."""
-    i = size
-    while i > 0:
-        parent = (i - 1) >> 1
-        if hs[parent] <= score:
-            break
-        hs[i] = hs[parent]
-        hf[i] = hf[parent]
-        hl[i] = hl[parent]
-        i = parent
-    hs[i] = score
-    hf[i] = flip
-    hl[i] = last
-    return size + 1
-
-
-@numba.njit(nogil=True, cache=True, fastmath=True)
-def _heap_pop(hs, hf, hl, size):
-    """Remove the root (the caller has read it); returns the new size."""
-    size -= 1
-    score, flip, last = hs[size], hf[size], hl[size]
-    i = 0
-    while True:
-        child = 2 * i + 1
-        if child >= size:
-            break
-        if child + 1 < size and hs[child + 1] < hs[child]:
-            child += 1
-        if score <= hs[child]:
-            break
-        hs[i] = hs[child]
-        hf[i] = hf[child]
-        hl[i] = hl[child]
-        i = child
-    hs[i] = score
-    hf[i] = flip
-    hl[i] = last
-    return size
-
-
-@numba.njit(nogil=True, cache=True, fastmath=True)
-def _probe_keys(z, bias, t, n_bits, probes, margin, order, hs, hf, hl, out, o):
+@numba.njit(**JIT)
+def _probe_keys(z, bias, t, n_bits, probes, margin, order, hkeys, hvals, out, o):
     """The `probes` keys of table t, best first, into out[o : o + probes] (-1 when the
     table has fewer distinct keys). Query-directed: the next probe flips the set of bits
-    with the smallest sum of |margins| not yet used (Lv et al.'s shift/expand heap)."""
+    with the smallest sum of |margins| not yet used (Lv et al.'s shift/expand heap).
+
+    The perturbations wait in the shared max-heap (kernels.heap_*) keyed by minus their sum of
+    margins; its one payload packs the two a perturbation has, the flipped-bit mask and the
+    position in margin order of its last bit: flip | (last << _FLIP_BITS)."""
     base = t * n_bits
     key = 0
     for b in range(n_bits):
@@ -208,35 +192,39 @@ def _probe_keys(z, bias, t, n_bits, probes, margin, order, hs, hf, hl, out, o):
             order[j + 1] = order[j]
             j -= 1
         order[j + 1] = i
-    hsize = _heap_push(hs, hf, hl, 0, margin[order[0]], 1 << order[0], 0)
+    low = (1 << _FLIP_BITS) - 1
+    hsize = heap_push(hkeys, hvals, 0, -margin[order[0]], np.int64(1) << order[0])
     for p in range(1, probes):
         if hsize == 0:
             out[o + p] = -1
             continue
-        score, flip, last = hs[0], hf[0], hl[0]
-        hsize = _heap_pop(hs, hf, hl, hsize)
+        score, packed = -hkeys[0], hvals[0]
+        hsize -= 1
+        heap_sift_down(hkeys, hvals, hsize, hkeys[hsize], hvals[hsize])
+        flip, last = packed & low, packed >> _FLIP_BITS
         if last + 1 < n_bits:
             cur = order[last]
             nxt = order[last + 1]
+            after = (last + 1) << _FLIP_BITS
             # shift: flip the next bit instead of the last one; expand: flip both
-            hsize = _heap_push(
-                hs, hf, hl, hsize, score - margin[cur] + margin[nxt],
-                (flip ^ (1 << cur)) | (1 << nxt), last + 1,
+            hsize = heap_push(
+                hkeys, hvals, hsize, -(score - margin[cur] + margin[nxt]),
+                ((flip ^ (1 << cur)) | (1 << nxt)) | after,
             )
-            hsize = _heap_push(hs, hf, hl, hsize, score + margin[nxt], flip | (1 << nxt), last + 1)
+            hsize = heap_push(hkeys, hvals, hsize, -(score + margin[nxt]), (flip | (1 << nxt)) | after)
         out[o + p] = key ^ flip
 
 
-@numba.njit(nogil=True, cache=True, fastmath=True)
+@numba.njit(**JIT)
 def _query(
-    q, qscale, planes_t, bias, n_tables, n_bits, probes, k, l2, offsets, members, vectors,
-    marker, gen, out_pos, out_score, z, margin, order, hs, hf, hl, pkeys, plo, phi, cand,
+    q, qscale, planes_t, bias, n_tables, n_bits, probes, l2, offsets, members, vectors,
+    marker, gen, best_d, best_i, z, margin, order, hkeys, hvals, pkeys, plo, phi, cand,
 ):
-    """One query: probe every table, re-score the union exactly, keep the best k.
+    """One query: probe every table, re-score the union exactly, keep the best len(best_d).
 
-    Writes row positions and scores (higher is better; -squared distance for l2) to
-    out_pos/out_score best first; positions are -1 where fewer than k rows were seen.
-    Returns the number of distinct rows re-scored.
+    Leaves best_d[:found] (squared distance for l2, minus the inner product otherwise) and
+    best_i[:found] row positions in increasing distance. Returns (found, distinct rows
+    re-scored).
     """
     n, dim = vectors.shape
     m = n_tables * n_bits
@@ -250,7 +238,7 @@ def _query(
     # 1. every probe's key; request its bucket bounds
     n_probes = n_tables * probes
     for t in range(n_tables):
-        _probe_keys(z, bias, t, n_bits, probes, margin, order, hs, hf, hl, pkeys, t * probes)
+        _probe_keys(z, bias, t, n_bits, probes, margin, order, hkeys, hvals, pkeys, t * probes)
     for i in range(n_probes):
         if pkeys[i] >= 0:
             prefetch(offsets, i // probes, pkeys[i])
@@ -267,108 +255,56 @@ def _query(
         plo[i] = lo
         phi[i] = hi
         if hi > lo:
-            prefetch(members.reshape(1, -1), 0, lo)
-    # 3. the union of the buckets, each row once
-    n_cand = 0
-    for i in range(n_probes):
-        for j in range(plo[i], phi[i]):
-            pos = members[j]
-            if marker[pos] != gen:
-                marker[pos] = gen
-                cand[n_cand] = pos
-                n_cand += 1
-    # 4. exact scores into a top-k min-heap, rows requested a few candidates ahead
+            prefetch(members, lo, 0)
+    # 3. the union of the buckets, each row once, a block at a time; 4. each block's exact
+    # scores into the top-k heap (the block bounds the scratch, whatever the bucket sizes)
+    block = cand.shape[0]
     found = 0
-    for c in range(min(_PREFETCH_AHEAD, n_cand)):
-        for d in range(0, dim, 16):
-            prefetch(vectors, cand[c], d)
-    for c in range(n_cand):
-        if c + _PREFETCH_AHEAD < n_cand:
-            ahead = cand[c + _PREFETCH_AHEAD]
-            for d in range(0, dim, 16):
-                prefetch(vectors, ahead, d)
-        pos = cand[c]
-        s = 0.0
-        if l2:
-            for d in range(dim):
-                diff = vectors[pos, d] - q[d]
-                s += diff * diff
-            s = -s
-        else:
-            for d in range(dim):
-                s += vectors[pos, d] * q[d]
-        if found < k:  # sift a new leaf up
-            i = found
-            found += 1
-            while i > 0:
-                parent = (i - 1) >> 1
-                if out_score[parent] <= s:
-                    break
-                out_score[i] = out_score[parent]
-                out_pos[i] = out_pos[parent]
-                i = parent
-            out_score[i] = s
-            out_pos[i] = pos
-        elif s > out_score[0]:  # replace the worst and sift it down
-            i = 0
-            while True:
-                child = 2 * i + 1
-                if child >= k:
-                    break
-                if child + 1 < k and out_score[child + 1] < out_score[child]:
-                    child += 1
-                if s <= out_score[child]:
-                    break
-                out_score[i] = out_score[child]
-                out_pos[i] = out_pos[child]
-                i = child
-            out_score[i] = s
-            out_pos[i] = pos
-    # min-heap -> best first (k is small: insertion sort)
-    for i in range(1, found):
-        s = out_score[i]
-        pos = out_pos[i]
-        j = i - 1
-        while j >= 0 and out_score[j] < s:
-            out_score[j + 1] = out_score[j]
-            out_pos[j + 1] = out_pos[j]
-            j -= 1
-        out_score[j + 1] = s
-        out_pos[j + 1] = pos
-    for i in range(found, k):
-        out_pos[i] = -1
-        out_score[i] = -np.inf
-    return n_cand
+    seen = 0
+    i = 0
+    j = plo[0]
+    while i < n_probes:
+        n_cand = 0
+        while i < n_probes and n_cand < block:
+            hi = phi[i]
+            while j < hi and n_cand < block:
+                pos = members[j]
+                j += 1
+                if marker[pos] != gen:
+                    marker[pos] = gen
+                    cand[n_cand] = pos
+                    n_cand += 1
+            if j >= hi:
+                i += 1
+                if i < n_probes:
+                    j = plo[i]
+        found = score_rows(q, vectors, cand, n_cand, l2, best_d, best_i, found)
+        seen += n_cand
+    deheap_sort(best_d, best_i, found)
+    return found, seen
 
 
-_COSINE, _IP, _L2 = 0, 1, 2  # metric codes of the kernels
-
-
-@numba.njit(nogil=True, cache=True, fastmath=True)
-def _search_serial(
+@numba.njit(**JIT)
+def _search_rows(
     queries, planes_t, bias, n_tables, n_bits, probes, k, metric, offsets, members, vectors,
-    ids, marker, cand, gen,
+    ids, marker, cand, gen, out_ids, out_score, counts,
 ):
-    """Queries one after another on the caller's thread.
-
-    marker (n,) uint8 and cand (n,) int32 are scratch owned by the caller's thread.
-    Returns ids (nq, k) int64 (-1 pads), scores (nq, k) float32 in the contract's
-    convention, the distinct rows re-scored per query (nq,) int64, and the next generation.
-    """
+    """Queries one after another into out_ids (nq, k) int64 (-1 pads), out_score (nq, k)
+    float32 in the contract's convention and counts (nq,) int64 (distinct rows re-scored).
+    marker (n,) uint8, cand (_CAND_BLOCK,) int32 and the generation `gen` are the caller's
+    scratch; returns the next generation."""
     nq = queries.shape[0]
-    out_ids = np.empty((nq, k), dtype=np.int64)
-    out_score = np.empty((nq, k), dtype=np.float32)
-    counts = np.empty(nq, dtype=np.int64)
-    m = n_tables * n_bits
-    z = np.empty(m, dtype=np.float32)
+    z = np.empty(n_tables * n_bits, dtype=np.float32)
     margin = np.empty(n_bits, dtype=np.float32)
     order = np.empty(n_bits, dtype=np.int64)
-    hs = np.empty(probes + 2, dtype=np.float32)  # each pop pushes at most two
-    hf = np.empty(probes + 2, dtype=np.int64)
-    hl = np.empty(probes + 2, dtype=np.int64)
+    hkeys = np.empty(probes + 2, dtype=np.float32)  # each pop pushes at most two
+    hvals = np.empty(probes + 2, dtype=np.int64)
     pkeys = np.empty(n_tables * probes, dtype=np.int64)
     plo = np.empty(n_tables * probes, dtype=np.int64)
     phi = np.empty(n_tables * probes, dtype=np.int64)
+    best_d = np.empty(k, dtype=np.float32)
+    best_i = np.empty(k, dtype=np.int32)
+    l2 = metric == _L2
     for i in range(nq):
         if gen > _GEN_LIMIT:  # the uint8 generations wrap: clear once every 255 queries
             marker[:] = 0
@@ -379,43 +315,71 @@ def _search_serial(
             for d in range(queries.shape[1]):
                 sq += queries[i, d] * queries[i, d]
             qscale = 1.0 / np.sqrt(sq) if sq > 0 else 0.0
-        counts[i] = _query(
-            queries[i], qscale, planes_t, bias, n_tables, n_bits, probes, k, metric == _L2,
-            offsets, members, vectors, marker, gen, out_ids[i], out_score[i], z, margin,
-            order, hs, hf, hl, pkeys, plo, phi, cand,
+        found, seen = _query(
+            queries[i], qscale, planes_t, bias, n_tables, n_bits, probes, l2, offsets, members,
+            vectors, marker, gen, best_d, best_i, z, margin, order, hkeys, hvals, pkeys, plo,
+            phi, cand,
         )
+        counts[i] = seen
         gen += 1
-        for j in range(k):  # row positions -> user ids; l2 scores back to distances
-            if out_ids[i, j] >= 0:
-                out_ids[i, j] = ids[out_ids[i, j]]
-            if metric == _L2:
-                out_score[i, j] = -out_score[i, j]
+        for j in range(found):  # row positions -> user ids; distances -> the contract's scores
+            out_ids[i, j] = ids[best_i[j]]
+            out_score[i, j] = best_d[j] if l2 else -best_d[j]
+        for j in range(found, k):
+            out_ids[i, j] = -1
+            out_score[i, j] = np.inf if l2 else -np.inf
+    return gen
+
+
+# Eager signatures for the two entry points a search calls: they are compiled (or loaded from
+# numba's cache) at import, not on the first request.
+_F32_2D, _F32_1D = nt.float32[:, ::1], nt.float32[::1]
+_SHARED_ARGS = (
+    _F32_2D, _F32_2D, _F32_1D, nt.int64, nt.int64, nt.int64, nt.int64, nt.int64,
+    nt.int32[:, ::1], nt.int32[::1], _F32_2D, nt.int64[::1],
+)
+
+
+@numba.njit((*_SHARED_ARGS, nt.uint8[::1], nt.int32[::1], nt.int64), **JIT)
+def _search_serial(
+    queries, planes_t, bias, n_tables, n_bits, probes, k, metric, offsets, members, vectors,
+    ids, marker, cand, gen,
+):
+    """Queries one after another on the caller's thread, with its scratch (see _search_rows).
+    Returns ids (nq, k), scores (nq, k), counts (nq,) and the next generation."""
+    nq = queries.shape[0]
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    out_score = np.empty((nq, k), dtype=np.float32)
+    counts = np.empty(nq, dtype=np.int64)
+    gen = _search_rows(
+        queries, planes_t, bias, n_tables, n_bits, probes, k, metric, offsets, members,
+        vectors, ids, marker, cand, gen, out_ids, out_score, counts,
+    )
     return out_ids, out_score, counts, gen
 
 
-@numba.njit(nogil=True, cache=True, fastmath=True, parallel=True)
+@numba.njit((*_SHARED_ARGS, nt.uint8[:, ::1], nt.int32[:, ::1], nt.int64[::1], nt.int64),
+            parallel=True, **JIT)
 def _search_parallel(
     queries, planes_t, bias, n_tables, n_bits, probes, k, metric, offsets, members, vectors,
-    ids, n_chunks,
+    ids, markers, cands, gens, n_chunks,
 ):
-    """A batch split into n_chunks contiguous runs, each with its own scratch arrays."""
+    """A batch split into n_chunks contiguous runs over numba's threads; each run uses the
+    scratch row of the thread it runs on (markers (threads, n), cands (threads, block), gens
+    (threads,), kept by the caller between calls)."""
     nq = queries.shape[0]
-    n = vectors.shape[0]
     out_ids = np.empty((nq, k), dtype=np.int64)
     out_score = np.empty((nq, k), dtype=np.float32)
     counts = np.empty(nq, dtype=np.int64)
     for c in numba.prange(n_chunks):
         start = c * nq // n_chunks
         stop = (c + 1) * nq // n_chunks
-        marker = np.zeros(n, dtype=np.uint8)
-        cand = np.empty(n, dtype=np.int32)
-        got_ids, got_score, got_counts, _ = _search_serial(
-            queries[start:stop], planes_t, bias, n_tables, n_bits, probes, k, metric,
-            offsets, members, vectors, ids, marker, cand, 1,
+        slot = numba.get_thread_id()
+        gens[slot] = _search_rows(
+            queries[start:stop], planes_t, bias, n_tables, n_bits, probes, k, metric, offsets,
+            members, vectors, ids, markers[slot], cands[slot], gens[slot],
+            out_ids[start:stop], out_score[start:stop], counts[start:stop],
         )
-        out_ids[start:stop] = got_ids
-        out_score[start:stop] = got_score
-        counts[start:stop] = got_counts
     return out_ids, out_score, counts
 
 
@@ -431,27 +395,30 @@ class LSHIndex(Index):
     build_defaults = {"n_tables": 64, "n_bits": None, "seed": 20261121}
     search_defaults = {"probes": 24}
     needs_training = True
+    param_bounds = {"seed": (0, MAX_SEED), "n_bits": (1, _MAX_BITS), "probes": (1, MAX_PROBES)}
 
     # rows per bucket the default n_bits aims at (GloVe 400K: 17 bits)
     TARGET_BUCKET = 3
 
     def __init__(self, dim: int, metric: str = "l2", **build_params: Any) -> None:
         super().__init__(dim, metric, **build_params)
-        self._tls = threading.local()  # per-thread search scratch, see _run
+        self._tls = threading.local()  # per-thread search scratch, see _scratch
+        self._lock = threading.Lock()  # one merge of the pending rows at a time
         self._metric_code = {"cosine": _COSINE, "ip": _IP, "l2": _L2}[metric]
-        self._offsets = np.zeros((0, 2), dtype=np.int32)
         self._empty()
 
     def _empty(self) -> None:
         n_tables = self.build_params["n_tables"]
         n_bits = self.build_params["n_bits"] or 1
-        self._vectors = np.empty((0, self.dim), dtype=np.float32)
-        self._ids = np.empty(0, dtype=np.int64)
-        self._members = np.empty(0, dtype=np.int32)
-        if self.is_trained:
-            self._offsets = np.zeros((n_tables, (1 << n_bits) + 1), dtype=np.int32)
-
-    param_bounds = {"seed": (0, MAX_SEED), "n_bits": (1, _MAX_BITS)}
+        offsets = np.zeros((n_tables if self.is_trained else 0, (1 << n_bits) + 1), dtype=np.int32)
+        # What a search reads, replaced whole by a merge: (vectors (n, dim) float32, ids (n,)
+        # int64, offsets, members); see the module docstring.
+        self._tables = (
+            np.empty((0, self.dim), dtype=np.float32), np.empty(0, dtype=np.int64),
+            offsets, np.empty(0, dtype=np.int32),
+        )
+        # Rows added since the last merge: (vectors, ids, keys (n_tables, rows) uint32) each.
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     # ---- build
 
@@ -498,28 +465,36 @@ class LSHIndex(Index):
         return proj
 
     def _add(self, x: np.ndarray, ids: np.ndarray) -> None:
-        n_tables = self.build_params["n_tables"]
-        n_bits = self.build_params["n_bits"]
-        n_old = self._vectors.shape[0]
-        n = n_old + x.shape[0]
-        keys = np.empty((n_tables, n), dtype=np.uint32)
-        if n_old:
-            _expand_keys(self._offsets, self._members, n_old, keys)
+        # Only the new rows are hashed; the tables are merged lazily (see _merged).
+        n_tables, n_bits = self.build_params["n_tables"], self.build_params["n_bits"]
+        keys = np.empty((n_tables, x.shape[0]), dtype=np.uint32)
         for start in range(0, x.shape[0], _PROJECT_CHUNK):
             chunk = x[start : start + _PROJECT_CHUNK]
-            _pack_keys(self._project(chunk), self._bias, n_tables, n_bits, keys, n_old + start)
-        self._vectors = np.ascontiguousarray(np.vstack([self._vectors, x]), dtype=np.float32)
-        self._ids = np.concatenate([self._ids, ids])
-        self._build_tables(keys)
+            _pack_keys(self._project(chunk), self._bias, n_tables, n_bits, keys, start)
+        with self._lock:
+            self._pending.append((x.copy(), ids.copy(), keys))
 
-    def _build_tables(self, keys: np.ndarray) -> None:
-        """CSR per table from keys (n_tables, n) uint32."""
-        n_tables, n = keys.shape
-        n_keys = 1 << self.build_params["n_bits"]
-        members = np.empty(n_tables * n, dtype=np.int32)
-        offsets = np.zeros((n_tables, n_keys + 1), dtype=np.int32)
-        _bucket_rows(keys, n_keys, offsets, members)
-        self._members, self._offsets = members, offsets
+    def _merged(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The tables with every added row in them, merging the pending rows first."""
+        if self._pending:
+            with self._lock:
+                if self._pending:
+                    self._merge()
+        return self._tables
+
+    def _merge(self) -> None:
+        """Merge the pending rows into new CSR tables (called under the lock)."""
+        vectors, ids, offsets, members = self._tables
+        pending = self._pending
+        keys = pending[0][2] if len(pending) == 1 else np.concatenate([p[2] for p in pending], axis=1)
+        new_vectors = np.concatenate([vectors] + [p[0] for p in pending])
+        new_ids = np.concatenate([ids] + [p[1] for p in pending])
+        n_tables, n = offsets.shape[0], new_vectors.shape[0]
+        new_offsets = np.empty_like(offsets)
+        new_members = np.empty(n_tables * n, dtype=np.int32)
+        _merge_buckets(offsets, members, vectors.shape[0], keys, new_offsets, new_members)
+        self._tables = (new_vectors, new_ids, new_offsets, new_members)
+        self._pending = []
 
     # ---- search
 
@@ -534,53 +509,71 @@ class LSHIndex(Index):
         of (nq, dim) queries `q`, checked and prepared as `search` does."""
         return self._run(self.prepare(q, "queries"), 1, self._check_param("probes", probes))[2]
 
+    def _scratch(self, n: int, slots: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This thread's visited markers (slots, >= n) uint8, candidate blocks (slots,
+        _CAND_BLOCK) int32 and generations (slots,) int64, kept between calls: the memory a
+        search allocates does not grow with the index. A marker row goes with its generation:
+        marks older than the row's generation mean "not seen"."""
+        scratch = getattr(self._tls, "scratch", None)
+        if scratch is None or scratch[0].shape[0] < slots or scratch[0].shape[1] < n:
+            slots = max(slots, scratch[0].shape[0] if scratch is not None else 1)
+            scratch = self._tls.scratch = (
+                np.zeros((slots, n), dtype=np.uint8),
+                np.empty((slots, _CAND_BLOCK), dtype=np.int32),
+                np.ones(slots, dtype=np.int64),
+            )
+        return scratch
+
     def _run(self, q: np.ndarray, k: int, probes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # One kernel call per search and nothing else on the Python side: single-query
         # latency is what a service sees. A table has only 2**n_bits buckets to visit.
-        probes = min(probes, 1 << self.build_params["n_bits"])
+        vectors, ids, offsets, members = self._merged()
+        n_bits = self.build_params["n_bits"]
         args = (
-            q, self._planes_t, self._bias, self.build_params["n_tables"],
-            self.build_params["n_bits"], probes, k, self._metric_code, self._offsets,
-            self._members, self._vectors, self._ids,
+            np.ascontiguousarray(q, dtype=np.float32), self._planes_t, self._bias,
+            self.build_params["n_tables"], n_bits, min(probes, 1 << n_bits), k,
+            self._metric_code, offsets, members, vectors, ids,
         )
         threads = numba.get_num_threads()
+        n = vectors.shape[0]
         if threads > 1 and q.shape[0] >= 4 * threads:
-            return _search_parallel(*args, 4 * threads)
-        tls = self._tls
-        marker = getattr(tls, "marker", None)
-        if marker is None or marker.shape[0] < self._vectors.shape[0]:
-            marker = tls.marker = np.zeros(self._vectors.shape[0], dtype=np.uint8)
-            tls.cand = np.empty(self._vectors.shape[0], dtype=np.int32)
-            tls.gen = 1
-        ids, scores, counts, tls.gen = _search_serial(*args, marker, tls.cand, tls.gen)
-        return ids, scores, counts
+            markers, cands, gens = self._scratch(n, numba.config.NUMBA_NUM_THREADS)
+            return _search_parallel(*args, markers, cands, gens, 4 * threads)
+        markers, cands, gens = self._scratch(n, 1)
+        ids_out, scores, counts, gens[0] = _search_serial(*args, markers[0], cands[0], gens[0])
+        return ids_out, scores, counts
 
     # ---- persistence and size
 
     def _state(self) -> dict[str, np.ndarray]:
+        vectors, ids, offsets, members = self._merged()
         return {
-            "vectors": self._vectors,
-            "ids": self._ids,
+            "vectors": vectors,
+            "ids": ids,
             "planes": self._planes,
             "bias": self._bias,
             "lift_norm": np.array([self._lift_norm]),
-            "offsets": self._offsets,
-            "members": self._members,
+            "offsets": offsets,
+            "members": members,
         }
 
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
-        self._vectors = np.ascontiguousarray(arrays["vectors"], dtype=np.float32)
-        self._ids = np.ascontiguousarray(arrays["ids"], dtype=np.int64)
         self._planes = np.ascontiguousarray(arrays["planes"], dtype=np.float32)
         self._planes_t = np.ascontiguousarray(self._planes[:, : self.dim].T)
         self._bias = np.ascontiguousarray(arrays["bias"], dtype=np.float32)
         self._lift_norm = float(arrays["lift_norm"][0])
-        self._offsets = np.ascontiguousarray(arrays["offsets"], dtype=np.int32)
-        self._members = np.ascontiguousarray(arrays["members"], dtype=np.int32)
+        self._tables = (
+            np.ascontiguousarray(arrays["vectors"], dtype=np.float32),
+            np.ascontiguousarray(arrays["ids"], dtype=np.int64),
+            np.ascontiguousarray(arrays["offsets"], dtype=np.int32),
+            np.ascontiguousarray(arrays["members"], dtype=np.int32),
+        )
+        self._pending = []
 
     def __len__(self) -> int:
-        return int(self._vectors.shape[0])
+        return int(self._tables[0].shape[0] + sum(p[0].shape[0] for p in self._pending))
 
     def memory_bytes(self) -> int:
-        names = ("_vectors", "_ids", "_offsets", "_members", "_planes", "_planes_t", "_bias")
-        return int(sum(getattr(self, name).nbytes for name in names if hasattr(self, name)))
+        held = [*self._tables, *(a for p in self._pending for a in p)]
+        held += [getattr(self, name) for name in ("_planes", "_planes_t", "_bias") if hasattr(self, name)]
+        return int(sum(a.nbytes for a in held))

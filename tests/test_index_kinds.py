@@ -6,6 +6,7 @@ tests that only read it. Cases: GloVe with cosine, Fashion-MNIST with l2, GloVe 
 
 from __future__ import annotations
 
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import faiss
@@ -374,3 +375,93 @@ def test_hnswlib_graph_too_sparse_for_k_says_which_knob_to_raise():
 def test_brute_force_knn_rejects_an_unknown_metric():
     with pytest.raises(ValueError, match="metric: expected one of cosine, ip, l2, got 'L2'"):
         brute_force_knn(SMALL, SMALL[:2], 3, "L2")
+
+
+# ---- hnswlib: threads per search, in-memory save and load ----
+
+
+class KnnQueryRecorder:
+    """The real hnswlib index, with the keyword arguments of each knn_query call written down."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def knn_query(self, *args, **kwargs):
+        self.calls.append(kwargs)
+        return self.inner.knn_query(*args, **kwargs)
+
+
+def test_hnswlib_searches_on_the_callers_thread():
+    """num_threads=-1 started a new hnswlib thread pool for every batch of more than 4 x cores
+    rows; the service's own threads give the parallelism, so every search uses one thread."""
+    x = np.random.default_rng(11).standard_normal((3000, 8)).astype(np.float32)
+    index = create_index("hnswlib", 8, "l2")
+    index.add(x, np.arange(3000))
+    index.library_index = recorder = KnnQueryRecorder(index.library_index)
+    for rows in (1, 40, 1000):
+        ids, _ = index.search(x[:rows], 5)
+        assert (ids[:, 0] == np.arange(rows)).mean() > 0.9
+    assert [call.get("num_threads") for call in recorder.calls] == [1, 1, 1]
+
+
+def test_hnswlib_saves_and_loads_without_a_temporary_file(tmp_path, monkeypatch):
+    """The graph is serialised in memory into plain arrays of the .npz (no pickles, no opaque
+    blob, no temporary copy on disk): with no usable temporary directory, save and load work."""
+    x = np.random.default_rng(12).standard_normal((1500, 8)).astype(np.float32)
+    index = create_index("hnswlib", 8, "cosine", M=8)
+    index.add(x, np.arange(1500) * 7)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-dir"))
+    index.save(tmp_path / "h.idx")
+    loaded = load_index(tmp_path / "h.idx")
+    for got, want in zip(loaded.search(x[:200], 10, ef=32), index.search(x[:200], 10, ef=32)):
+        np.testing.assert_array_equal(got, want)
+    with np.load(tmp_path / "h.idx", allow_pickle=False) as archive:
+        assert {"hnswlib_data_level0", "hnswlib_link_lists", "hnswlib_params"} <= set(archive.files)
+        assert "hnswlib" not in archive.files
+        assert all(archive[name].dtype != object for name in archive.files)
+    loaded.add(x[:10] + 1, np.arange(10) + 20_000)  # a loaded index keeps growing
+    assert len(loaded) == 1510
+
+
+def test_hnswlib_reads_files_of_the_earlier_format(tmp_path):
+    """Files saved before the in-memory format hold one `hnswlib` array: save_index's bytes."""
+    x = np.random.default_rng(13).standard_normal((500, 8)).astype(np.float32)
+    index = create_index("hnswlib", 8, "ip")
+    index.add(x, np.arange(500))
+    index.save(tmp_path / "new.idx")
+    index.library_index.save_index(str(tmp_path / "graph.bin"))
+    with np.load(tmp_path / "new.idx") as archive:
+        meta = archive["__meta__"]
+    blob = np.fromfile(tmp_path / "graph.bin", dtype=np.uint8)
+    with open(tmp_path / "old.idx", "wb") as f:
+        np.savez(f, __meta__=meta, hnswlib=blob)
+    loaded = load_index(tmp_path / "old.idx")
+    for got, want in zip(loaded.search(x[:50], 10), index.search(x[:50], 10)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "name, change, message",
+    [
+        ("hnswlib_data_level0", lambda a: a[:-1], "data_level0"),
+        ("hnswlib_label_lookup_internal", lambda a: a[:-3], "label_lookup_internal"),
+        ("hnswlib_element_levels", lambda a: a[:10], "element_levels"),
+        ("hnswlib_link_lists", lambda a: np.concatenate([a, a]), "link_lists"),
+    ],
+)
+def test_hnswlib_inconsistent_state_is_a_value_error(tmp_path, name, change, message):
+    # hnswlib's __setstate__ copies by the sizes its scalars give: a short array would be read
+    # (or a long one written) past its end.
+    index = create_index("hnswlib", 8, "l2")
+    index.add(SMALL, np.arange(len(SMALL)))
+    index.save(tmp_path / "whole.idx")
+    with np.load(tmp_path / "whole.idx") as archive:
+        parts = {n: archive[n] for n in archive.files}
+    parts[name] = change(parts[name])
+    with open(tmp_path / "bad.idx", "wb") as f:
+        np.savez(f, **parts)
+    with pytest.raises(ValueError, match=f"hnswlib state is inconsistent: .*{message}"):
+        load_index(tmp_path / "bad.idx")
