@@ -29,8 +29,20 @@ def test_slope_ignores_the_warmup_and_fits_a_line():
 
 def test_bench_load_for_a_minute(tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-c", "from annserve.cli import main; main()", "bench-load",
-               "--duration", str(DURATION), "--clients", "32", "--out", str(out), "--keep", str(tmp_path / "work")]
+    command = [
+        sys.executable,
+        "-c",
+        "from annserve.cli import main; main()",
+        "bench-load",
+        "--duration",
+        str(DURATION),
+        "--clients",
+        "32",
+        "--out",
+        str(out),
+        "--keep",
+        str(tmp_path / "work"),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=DURATION + 600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((out / "load_summary.json").read_text())

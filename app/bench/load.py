@@ -111,8 +111,13 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     if not seconds:
         return {}
     p50, p95, p99 = np.percentile(np.array(seconds) * 1e3, [50, 95, 99])
-    return {"n": len(seconds), "p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3),
-            "p99_ms": round(float(p99), 3), "max_ms": round(max(seconds) * 1e3, 3)}
+    return {
+        "n": len(seconds),
+        "p50_ms": round(float(p50), 3),
+        "p95_ms": round(float(p95), 3),
+        "p99_ms": round(float(p99), 3),
+        "max_ms": round(max(seconds) * 1e3, 3),
+    }
 
 
 class Load:
@@ -134,8 +139,10 @@ class Load:
             body = {"name": "load", "dim": self.dim, "metric": "cosine", "index": {"kind": "hnswlib"}}
             _expect(await c.post("/collections", json=body), 201)
             for lo in range(0, self.n, 1000):
-                items = [{"id": f"b{i}", "vector": self.base[i].tolist(), "payload": {"i": i}}
-                         for i in range(lo, min(lo + 1000, self.n))]
+                items = [
+                    {"id": f"b{i}", "vector": self.base[i].tolist(), "payload": {"i": i}}
+                    for i in range(lo, min(lo + 1000, self.n))
+                ]
                 _expect(await c.post("/collections/load/vectors", json={"items": items}), 200)
             job = (await c.post("/collections/load/rebuild", json={})).json()["job_id"]
             await _wait_job(c, job, 600)
@@ -171,8 +178,9 @@ class Load:
                 check = _has_results
             elif op == "batch":
                 rows = rng.sample(range(len(self.queries)), BATCH_QUERIES)
-                call = reader.post("/collections/load/search/batch",
-                                   json={"vectors": self.queries[rows].tolist(), "k": 10})
+                call = reader.post(
+                    "/collections/load/search/batch", json={"vectors": self.queries[rows].tolist(), "k": 10}
+                )
                 check = _has_results
             elif op == "get":
                 call = reader.get(f"/collections/load/vectors/b{rng.randrange(self.n)}")
@@ -245,8 +253,10 @@ def _has_results(response: httpx.Response) -> bool:
 
 def _expect(response: httpx.Response, status: int) -> None:
     if response.status_code != status:
-        raise RuntimeError(f"{response.request.method} {response.request.url.path}: expected {status}, "
-                           f"got {response.status_code} {response.text[:300]}")
+        raise RuntimeError(
+            f"{response.request.method} {response.request.url.path}: expected {status}, "
+            f"got {response.status_code} {response.text[:300]}"
+        )
 
 
 async def _wait_job(client: httpx.AsyncClient, job_id: str, timeout: float) -> None:
@@ -268,8 +278,9 @@ async def _sample_rss(pid: int, t0: float, until: float, out: list[tuple[float, 
         await asyncio.sleep(1.0)
 
 
-def run_load(workdir: Path, duration: float, clients: int = 32, n: int = 20_000, dim: int = 64,
-             seed: int = 0) -> Result:
+def run_load(
+    workdir: Path, duration: float, clients: int = 32, n: int = 20_000, dim: int = 64, seed: int = 0
+) -> Result:
     """Start a server in `workdir`, load it for `duration` s, stop it; the figures."""
     env = {"ANNSERVE_ADMIN_API_KEY": ADMIN_KEY, "ANNSERVE_API_KEY": READ_KEY, "ANNSERVE_LOG_LEVEL": "warning"}
     server = ServeProcess(workdir / "data", workdir / "server.log", env)
@@ -290,8 +301,17 @@ def run_load(workdir: Path, duration: float, clients: int = 32, n: int = 20_000,
     finally:
         server.stop()
     per_op = {op: percentiles([r.seconds for r in load.records if r.op == op]) for op, _ in MIX}
-    return Result(duration, clients, len(load.records), load.errors, per_op, rss,
-                  slope_per_minute(rss, WARMUP_SHARE), load.rebuild, load.windows())
+    return Result(
+        duration,
+        clients,
+        len(load.records),
+        load.errors,
+        per_op,
+        rss,
+        slope_per_minute(rss, WARMUP_SHARE),
+        load.rebuild,
+        load.windows(),
+    )
 
 
 def plot(result: Result, path: Path) -> None:
@@ -308,11 +328,19 @@ def plot(result: Result, path: Path) -> None:
             points = [(w["t"], w[op][stat]) for w in result.windows if op in w]
             if points:
                 t, v = zip(*points)
-                lat.plot(t, v, style, color=colour, label=f"{op} {stat[:3]}" if stat == "p99_ms" or op == "search" else None)
+                lat.plot(
+                    t,
+                    v,
+                    style,
+                    color=colour,
+                    label=f"{op} {stat[:3]}" if stat == "p99_ms" or op == "search" else None,
+                )
     lat.set_yscale("log")
     lat.set_ylabel(f"latency, ms (per {WINDOW_SECONDS:.0f} s window)")
-    lat.set_title(f"annserve bench-load: {result.clients} clients, {result.duration:.0f} s, "
-                  f"{result.requests} requests, {len(result.errors)} errors")
+    lat.set_title(
+        f"annserve bench-load: {result.clients} clients, {result.duration:.0f} s, "
+        f"{result.requests} requests, {len(result.errors)} errors"
+    )
     if result.rebuild:
         for ax in (lat, mem):
             ax.axvspan(*result.rebuild, color="grey", alpha=0.2, label="rebuild" if ax is lat else None)
@@ -348,14 +376,21 @@ def bench_load(
     summary = result.summary()
     (out / "load_summary.json").write_text(json.dumps(summary, indent=2))
     plot(result, out / "load_latency.png")
-    print(f"{result.requests} requests in {duration:.0f} s ({summary['requests_per_second']}/s) from "
-          f"{clients} clients; errors: {len(result.errors)}; load average now {os.getloadavg()[0]:.1f}")
+    print(
+        f"{result.requests} requests in {duration:.0f} s ({summary['requests_per_second']}/s) from "
+        f"{clients} clients; errors: {len(result.errors)}; load average now {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'op':8} {'n':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for op, p in result.per_op.items():
         if p:
-            print(f"{op:8} {p['n']:>7} {p['p50_ms']:>8.2f} {p['p95_ms']:>8.2f} {p['p99_ms']:>8.2f} {p['max_ms']:>8.1f}")
-    print(f"RSS {summary['rss_mib_first']:.0f} -> {summary['rss_mib_last']:.0f} MiB (max "
-          f"{summary['rss_mib_max']:.0f}); slope after warm-up {result.rss_slope_mib_per_min:+.2f} MiB/min")
+            print(
+                f"{op:8} {p['n']:>7} {p['p50_ms']:>8.2f} {p['p95_ms']:>8.2f} {p['p99_ms']:>8.2f} "
+                f"{p['max_ms']:>8.1f}"
+            )
+    print(
+        f"RSS {summary['rss_mib_first']:.0f} -> {summary['rss_mib_last']:.0f} MiB (max "
+        f"{summary['rss_mib_max']:.0f}); slope after warm-up {result.rss_slope_mib_per_min:+.2f} MiB/min"
+    )
     if result.rebuild:
         print(f"rebuild from {result.rebuild[0]:.1f} s to {result.rebuild[1]:.1f} s")
     print(f"wrote {out / 'load_latency.png'} and {out / 'load_summary.json'}")

@@ -21,6 +21,7 @@ in flight at the cut may be in some shards and not others; it was not acknowledg
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -51,6 +52,7 @@ SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,191}\.tar$")
 STORE_FILE = "store.sqlite"
 _SHARD_FILE = re.compile(r"^shard-(\d{1,4})/(store\.sqlite|main-\d{20}\.(?:idx|json))$")
 _COPY = 1 << 20
+_SQLITE_FULL = 13  # SQLite's primary result code for "database or disk is full"
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,9 @@ def delete_snapshot(data_dir: Path, collection: str, name: str) -> SnapshotInfo:
 
 def _info(path: Path) -> SnapshotInfo:
     stat = path.stat()
-    return SnapshotInfo(path.name, stat.st_size, datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat())
+    return SnapshotInfo(
+        path.name, stat.st_size, datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat()
+    )
 
 
 # ---- taking a snapshot --------------------------------------------------------------------
@@ -124,42 +128,58 @@ def create_snapshot(collection: Collection, data_dir: Path, include_index: bool 
     staging.mkdir()
     readers: list[sqlite3.Connection] = []
     try:
-        shards = []
-        with collection.writes_paused() as shard_dirs:
-            for i, shard_dir in enumerate(shard_dirs):
-                reader = sqlite3.connect(shard_dir / STORE_FILE, isolation_level=None, check_same_thread=False)
-                readers.append(reader)
-                reader.execute("BEGIN")
-                # The first read fixes the WAL snapshot this connection sees until COMMIT.
-                row = reader.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
-                max_label = int(row[0]) if row else 0
-                index_files = _link_index(shard_dir, staging / f"shard-{i}", max_label) if include_index else []
-                shards.append({"shard": i, "max_label": max_label, "index_files": index_files})
-        # The cut is made; copy each store from its read view while writers carry on.
-        for i, (reader, shard) in enumerate(zip(readers, shards)):
-            shard["items"] = int(reader.execute("SELECT count(*) FROM items").fetchone()[0])
-            target = staging / f"shard-{i}" / STORE_FILE
-            target.parent.mkdir(exist_ok=True)
-            copy = sqlite3.connect(target)
-            try:
-                reader.backup(copy)  # one step: the whole file from this read view
-            finally:
-                copy.close()
-            reader.execute("COMMIT")
-        manifest = _manifest(collection, created, shards, staging)
-        final = directory / name
-        partial = directory / f".partial-{name}"
-        try:
-            _write_tar(partial, manifest, staging)
-            os.replace(partial, final)
-        finally:
-            partial.unlink(missing_ok=True)
-        fsync_dir(directory)
-        return SnapshotInfo(name, final.stat().st_size, created.isoformat())
+        return _create(collection, directory, name, created, staging, readers, include_index)
+    except sqlite3.Error as exc:  # the copy's writes: a full disk comes back as SQLITE_FULL
+        code = errno.ENOSPC if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_FULL else errno.EIO
+        raise OSError(code, f"{exc} (SQLite, writing the snapshot)") from exc
     finally:
         for reader in readers:
             reader.close()
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _create(
+    collection: Collection,
+    directory: Path,
+    name: str,
+    created: datetime,
+    staging: Path,
+    readers: list[sqlite3.Connection],
+    include_index: bool,
+) -> SnapshotInfo:
+    """The work of `create_snapshot` (which cleans up whatever happens)."""
+    shards = []
+    with collection.writes_paused() as shard_dirs:
+        for i, shard_dir in enumerate(shard_dirs):
+            reader = sqlite3.connect(shard_dir / STORE_FILE, isolation_level=None, check_same_thread=False)
+            readers.append(reader)
+            reader.execute("BEGIN")
+            # The first read fixes the WAL snapshot this connection sees until COMMIT.
+            row = reader.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
+            max_label = int(row[0]) if row else 0
+            index_files = _link_index(shard_dir, staging / f"shard-{i}", max_label) if include_index else []
+            shards.append({"shard": i, "max_label": max_label, "index_files": index_files})
+    # The cut is made; copy each store from its read view while writers carry on.
+    for i, (reader, shard) in enumerate(zip(readers, shards)):
+        shard["items"] = int(reader.execute("SELECT count(*) FROM items").fetchone()[0])
+        target = staging / f"shard-{i}" / STORE_FILE
+        target.parent.mkdir(exist_ok=True)
+        copy = sqlite3.connect(target)
+        try:
+            reader.backup(copy)  # one step: the whole file from this read view
+        finally:
+            copy.close()
+        reader.execute("COMMIT")
+    manifest = _manifest(collection, created, shards, staging)
+    final = directory / name
+    partial = directory / f".partial-{name}"
+    try:
+        _write_tar(partial, manifest, staging)
+        os.replace(partial, final)
+    finally:
+        partial.unlink(missing_ok=True)
+    fsync_dir(directory)
+    return SnapshotInfo(name, final.stat().st_size, created.isoformat())
 
 
 def _link_index(shard_dir: Path, target: Path, max_label: int) -> list[str]:
@@ -302,7 +322,9 @@ def restore_snapshot(source: Path, data_dir: Path, as_name: str | None = None) -
                 match = _SHARD_FILE.match(member_name)
                 if match is None or int(match.group(1)) >= spec.shards:
                     raise SnapshotError(f"{source}: unexpected member {member_name!r} in the manifest")
-                _extract(tar, source, member_name, entry, staging / f"shard-{int(match.group(1))}" / match.group(2))
+                _extract(
+                    tar, source, member_name, entry, staging / f"shard-{int(match.group(1))}" / match.group(2)
+                )
             for i in range(spec.shards):
                 store = staging / f"shard-{i}" / STORE_FILE
                 if not store.is_file():
