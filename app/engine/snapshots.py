@@ -30,6 +30,7 @@ import re
 import shutil
 import sqlite3
 import tarfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -124,10 +125,13 @@ def create_snapshot(collection: Collection, data_dir: Path, include_index: bool 
     directory.mkdir(parents=True, exist_ok=True)
     created = datetime.now(timezone.utc)
     name = f"{collection.name}-{created:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}{SUFFIX}"
+    with _active_lock:
+        _sweep(directory)
+        _active.add(name)
     staging = directory / f".staging-{name}"
-    staging.mkdir()
     readers: list[sqlite3.Connection] = []
     try:
+        staging.mkdir()
         return _create(collection, directory, name, created, staging, readers, include_index)
     except sqlite3.Error as exc:  # the copy's writes: a full disk comes back as SQLITE_FULL
         code = errno.ENOSPC if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_FULL else errno.EIO
@@ -136,6 +140,25 @@ def create_snapshot(collection: Collection, data_dir: Path, include_index: bool 
         for reader in readers:
             reader.close()
         shutil.rmtree(staging, ignore_errors=True)
+        with _active_lock:
+            _active.discard(name)
+
+
+# Snapshots being written by this process. One service owns a data directory, so a hidden
+# `.staging-` or `.partial-` entry of any other name was left by a process that died mid-way.
+_active: set[str] = set()
+_active_lock = threading.Lock()
+
+
+def _sweep(directory: Path) -> None:
+    """Remove what snapshots interrupted by a crash left in `directory` (caller holds the lock)."""
+    for path in directory.iterdir():
+        for prefix in (".staging-", ".partial-"):
+            if path.name.startswith(prefix) and path.name[len(prefix) :] not in _active:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
 
 
 def _create(
