@@ -25,9 +25,16 @@ def _put(store: ShardStore, first_label: int, ids: list[str], vectors: np.ndarra
     store.upsert(labels, ids, vectors, [payload] * len(ids))
 
 
-def test_wal_and_full_sync(store):
-    assert store.pragma("journal_mode") == "wal"
-    assert store.pragma("synchronous") == 2  # FULL: the WAL is fsynced at every commit
+def test_wal_and_full_sync_on_every_connection(store, glove):
+    _put(store, 1, ["a"], glove.base[:1])
+    # Two readers at once, so that the pool holds more than one connection besides the writer.
+    with store.snapshot(), store.snapshot():
+        pass
+    assert store.get("a") is not None
+    journal, sync = store.pragma("journal_mode"), store.pragma("synchronous")
+    assert len(sync) == 3  # the writer and both pooled readers
+    assert journal == ["wal"] * 3
+    assert sync == [2] * 3  # FULL: the WAL is fsynced at every commit, on every connection
 
 
 def test_round_trip_is_bit_exact(store, glove):
@@ -40,16 +47,19 @@ def test_round_trip_is_bit_exact(store, glove):
 
 def test_replace_moves_the_id_to_its_new_label(store, glove):
     _put(store, 1, ["a", "b"], glove.base[:2])
-    _put(store, 3, ["a"], glove.base[5:6])
+    replaced = store.upsert(np.array([3, 4], dtype=np.int64), ["a", "new"], glove.base[5:7], [None, None])
+    assert replaced.dtype == np.int64 and replaced.tolist() == [1]  # a's old label; "new" had none
     with store.snapshot() as snap:
         labels, ids, vectors = next(snap.chunks())
-    assert labels.tolist() == [2, 3] and ids == ["b", "a"]
+        assert snap.ids_of(np.array([3, 1, 2, -1])) == {2: "b", 3: "a"}  # 1 is dead, -1 padding
+    assert labels.tolist() == [2, 3, 4] and ids == ["b", "a", "new"]
     assert np.array_equal(vectors[1], glove.base[5])
 
 
 def test_labels_are_never_reused_after_deleting_the_last(store, glove, tmp_path):
     _put(store, 1, ["a", "b", "c"], glove.base[:3])
-    assert store.delete(["c", "nope"]) == 1
+    assert store.delete(["c", "nope"]).tolist() == [3]  # the labels of the ids that existed
+    assert store.delete(["nope"]).tolist() == []
     with store.snapshot() as snap:
         # A reused label 3 would make a stale main index answer with the wrong item.
         assert snap.max_label == 3 and snap.count() == 2

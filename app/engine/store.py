@@ -5,16 +5,23 @@ Table `items(label, id, vector, payload)`:
 - `label` is an int64 that the shard gives each upsert; it only ever grows (AUTOINCREMENT keeps
   SQLite from reusing the label of a deleted last row), so a replaced item's old label, still
   inside a main index, is recognisably dead: it is no longer the current label of any id.
+- `id` is UNIQUE: its index answers id -> label for the write path (the shard keeps only
+  label -> id in memory).
 - `vector` is the float32 little-endian bytes of one row; `payload` is JSON text or NULL.
 
 Threads: one writer connection behind a lock (SQLite has one writer anyway) and a pool of reader
 connections; WAL lets readers run while a write commits, and a read transaction sees one
 consistent snapshot however long it lasts (the rebuild and exact search rely on that).
+
+Faults: a write whose transaction fails (disk full, I/O error) is rolled back, in the store and
+in the caller's memory (the caller applies a write only once `upsert`/`delete` returned), and
+raises `StorageError` with the cause; the next write starts clean (on a new connection if the
+rollback itself failed). `close` waits for the readers in use: it interrupts their statement,
+and a reader whose store closed under it raises `NotFound`, as the deleted collection would.
 """
 
 from __future__ import annotations
 
-import queue
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -25,7 +32,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .errors import NotFound
+from .errors import NotFound, storage_error
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -36,6 +43,10 @@ CREATE TABLE IF NOT EXISTS items (
 );
 """
 LITTLE_F32 = np.dtype("<f4")
+# Many ids go into one statement as a JSON array (`json_each`): no limit on the number of SQL
+# variables, and SQLite probes the UNIQUE index on id (or the primary key) once per element.
+LABELS_OF_IDS = "SELECT id, label FROM items WHERE id IN (SELECT value FROM json_each(?))"
+IDS_OF_LABELS = "SELECT label, id FROM items WHERE label IN (SELECT value FROM json_each(?))"
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -43,7 +54,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60.0)
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL: the WAL is fsynced at every commit, so a committed write survives power loss, not
-    # only a process crash (NORMAL would only promise the latter in WAL mode).
+    # only a process crash (NORMAL would only promise the latter in WAL mode). Set on every
+    # connection, readers included: a reader may run a checkpoint, which writes the database.
     conn.execute("PRAGMA synchronous=FULL")
     return conn
 
@@ -55,16 +67,16 @@ class Snapshot:
     below it is either in this view (live) or was already dead.
     """
 
-    def __init__(self, conn: sqlite3.Connection, dim: int) -> None:
+    def __init__(self, store: ShardStore, conn: sqlite3.Connection) -> None:
+        self._store = store
         self._conn = conn
-        self._dim = dim
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
         self.max_label = int(row[0]) if row else 0
 
-    def count(self, after: int = 0) -> int:
-        """Live items with label in (after, max_label]."""
-        sql = "SELECT count(*) FROM items WHERE label > ? AND label <= ?"
-        return int(self._conn.execute(sql, (after, self.max_label)).fetchone()[0])
+    def count(self) -> int:
+        """Live items in the view."""
+        sql = "SELECT count(*) FROM items WHERE label <= ?"
+        return int(self._conn.execute(sql, (self.max_label,)).fetchone()[0])
 
     def chunks(
         self, after: int = 0, rows: int = 50_000, vectors: bool = True
@@ -72,12 +84,13 @@ class Snapshot:
         """Live items with label in (after, max_label], in label order, `rows` at a time.
 
         Yields labels (m,) int64, ids (m,) str and vectors (m, dim) float32 (None when
-        `vectors` is False, which reads far less).
+        `vectors` is False, which reads far less). NotFound once the store is closing.
         """
         columns = "label, id, vector" if vectors else "label, id"
         sql = f"SELECT {columns} FROM items WHERE label > ? AND label <= ? ORDER BY label LIMIT ?"
         last = after
         while True:
+            self._store._check_open()  # a delete must not wait for the whole iteration
             batch = self._conn.execute(sql, (last, self.max_label, rows)).fetchall()
             if not batch:
                 return
@@ -86,57 +99,101 @@ class Snapshot:
             vecs = None
             if vectors:
                 blob = b"".join(r[2] for r in batch)
-                vecs = np.frombuffer(blob, dtype=LITTLE_F32).reshape(len(batch), self._dim)
+                vecs = np.frombuffer(blob, dtype=LITTLE_F32).reshape(len(batch), self._store.dim)
                 vecs = vecs.astype(np.float32, copy=False)
             yield labels, ids, vecs
             last = int(labels[-1])
 
+    def ids_of(self, labels: np.ndarray) -> dict[int, str]:
+        """label -> id for those of (m,) `labels` that are live in the view."""
+        wanted = orjson.dumps(np.unique(labels[labels > 0]).tolist()).decode()
+        return dict(self._conn.execute(IDS_OF_LABELS, (wanted,)).fetchall())
+
 
 class ShardStore:
-    """The SQLite file of one shard; see the module docstring for the table and threads."""
+    """The SQLite file of one shard; see the module docstring for the table, threads and faults."""
 
     def __init__(self, path: Path, dim: int) -> None:
         self.path = Path(path)
         self.dim = dim
         self._write_lock = threading.Lock()
-        self._writer = _connect(self.path)
+        self._writer: sqlite3.Connection | None = _connect(self.path)
         self._writer.executescript(SCHEMA)
-        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-        self._all_readers: list[sqlite3.Connection] = []
+        self._readers_cond = threading.Condition(threading.Lock())
+        self._idle: list[sqlite3.Connection] = []
+        self._busy: set[sqlite3.Connection] = set()
         self._closed = False
 
     # ---- writes: one transaction each, durable when they return ----
 
     def upsert(
         self, labels: np.ndarray, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[str | None]
-    ) -> None:
+    ) -> np.ndarray:
         """Write n items in one transaction: labels (n,) int64 (new, increasing), ids (n,)
         distinct, vectors (n, dim) float32, payloads (n,) JSON text or None. An existing id's
-        row is replaced (its old label disappears with it)."""
+        row is replaced (its old label disappears with it). Returns the replaced labels (int64)."""
         blob = np.ascontiguousarray(vectors, dtype=LITTLE_F32)
         rows = ((int(labels[i]), ids[i], blob[i].tobytes(), payloads[i]) for i in range(len(ids)))
-        with self._write_lock, self._transaction():
-            self._writer.executemany(
+        with self._transaction(f"committing {len(ids)} items") as conn:
+            old = conn.execute(LABELS_OF_IDS, (orjson.dumps(list(ids)).decode(),)).fetchall()
+            conn.executemany(
                 "INSERT OR REPLACE INTO items (label, id, vector, payload) VALUES (?, ?, ?, ?)", rows
             )
+        return np.fromiter((label for _, label in old), dtype=np.int64, count=len(old))
 
-    def delete(self, ids: Sequence[str]) -> int:
-        """Delete these ids in one transaction; returns how many existed."""
-        with self._write_lock, self._transaction():
-            cur = self._writer.executemany("DELETE FROM items WHERE id = ?", ((i,) for i in ids))
-            return max(cur.rowcount, 0)
+    def delete(self, ids: Sequence[str]) -> np.ndarray:
+        """Delete these ids in one transaction; returns the labels (int64) of those that
+        existed. A transaction that deletes nothing writes nothing (no WAL frame, no fsync)."""
+        with self._transaction(f"deleting {len(ids)} items") as conn:
+            deleted = conn.execute(
+                "DELETE FROM items WHERE id IN (SELECT value FROM json_each(?)) RETURNING label",
+                (orjson.dumps(list(ids)).decode(),),
+            ).fetchall()
+        return np.fromiter((label for (label,) in deleted), dtype=np.int64, count=len(deleted))
+
+    def _connection(self) -> sqlite3.Connection:
+        """The writer connection (the caller holds the write lock), opened again if a failed
+        rollback had to drop it."""
+        self._check_open()
+        if self._writer is None:
+            try:
+                self._writer = _connect(self.path)
+            except sqlite3.Error as exc:
+                raise (storage_error(exc, f"reopening {self.path}") or exc) from exc
+        return self._writer
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._check_open()
-        # IMMEDIATE takes the write lock at BEGIN, so a busy reader can never make COMMIT fail.
-        self._writer.execute("BEGIN IMMEDIATE")
+    def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed when the block ends; on any failure (the commit's
+        included) rolled back and raised, a storage fault as StorageError with its cause."""
+        with self._write_lock:
+            conn = self._connection()
+            try:
+                # IMMEDIATE takes the write lock at BEGIN, so a busy reader can never make COMMIT fail.
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                self._roll_back(conn)
+                fault = storage_error(exc, f"{doing} to {self.path}")
+                if fault is not None:
+                    raise fault from exc
+                raise
+
+    def _roll_back(self, conn: sqlite3.Connection) -> None:
+        """Leave no transaction open. SQLite may have rolled back itself (it does for some
+        SQLITE_FULL and SQLITE_IOERR failures); if ROLLBACK fails too, the connection is
+        dropped and the next write opens a new one, which recovers from the WAL."""
+        if not conn.in_transaction:
+            return
         try:
-            yield
-        except BaseException:
-            self._writer.execute("ROLLBACK")
-            raise
-        self._writer.execute("COMMIT")
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            self._writer = None
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
 
     # ---- reads ----
 
@@ -156,23 +213,42 @@ class ShardStore:
             conn.execute("BEGIN")
             try:
                 # The first read inside BEGIN fixes the WAL snapshot the rest of the block sees.
-                yield Snapshot(conn, self.dim)
+                yield Snapshot(self, conn)
             finally:
-                conn.execute("COMMIT")
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
 
     @contextmanager
     def _reader(self) -> Iterator[sqlite3.Connection]:
-        self._check_open()
-        try:
-            conn = self._readers.get_nowait()
-        except queue.Empty:
+        """A reader connection, tracked as busy until the block ends (close waits for it)."""
+        with self._readers_cond:
+            self._check_open()
+            conn = self._idle.pop() if self._idle else None
+            if conn is not None:
+                self._busy.add(conn)
+        if conn is None:
             conn = _connect(self.path)
-            with self._write_lock:
-                self._all_readers.append(conn)
+            with self._readers_cond:
+                if self._closed:
+                    conn.close()
+                    self._check_open()
+                self._busy.add(conn)
         try:
             yield conn
+        except sqlite3.Error as exc:
+            self._check_open()  # interrupted or failed because the store closed: NotFound
+            fault = storage_error(exc, f"reading {self.path}")
+            if fault is not None:
+                raise fault from exc
+            raise
         finally:
-            self._readers.put(conn)
+            with self._readers_cond:
+                self._busy.discard(conn)
+                if self._closed:
+                    conn.close()
+                else:
+                    self._idle.append(conn)
+                self._readers_cond.notify_all()
 
     def _check_open(self) -> None:
         # A store closes only when its collection is deleted (or the service stops): a request
@@ -180,16 +256,27 @@ class ShardStore:
         if self._closed:
             raise NotFound(f"the collection was deleted while this request ran (store {self.path} is closed)")
 
-    def pragma(self, name: str) -> Any:
-        """The writer connection's value of PRAGMA `name` (for tests and diagnostics)."""
-        return self._writer.execute(f"PRAGMA {name}").fetchone()[0]
+    def pragma(self, name: str) -> list[Any]:
+        """PRAGMA `name` on every open connection, writer first (for tests and diagnostics)."""
+        with self._write_lock, self._readers_cond:
+            conns = [c for c in (self._writer, *self._idle) if c is not None]
+            return [conn.execute(f"PRAGMA {name}").fetchone()[0] for conn in conns]
 
     def close(self) -> None:
-        """Close every connection; idempotent. Callers must have stopped using the store."""
-        with self._write_lock:
+        """Refuse new reads and writes (NotFound), interrupt the reads in progress and wait for
+        them to let go, wait for a write in progress, then close every connection. Idempotent."""
+        with self._readers_cond:
             if self._closed:
                 return
             self._closed = True
-            for conn in self._all_readers:
+            for conn in self._busy:
+                conn.interrupt()
+            while self._busy:
+                self._readers_cond.wait()
+            for conn in self._idle:
                 conn.close()
-            self._writer.close()
+            self._idle.clear()
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
