@@ -57,11 +57,12 @@ def build() -> model.Dashboard:
                query(f'(sum(rate(annserve_requests_total{{status=~"4.."}}[{rate}])) or vector(0)) '
                      f"/ sum(rate(annserve_requests_total[{rate}]))", "4xx", "B")),
         series("Queries searched per collection", "short",
-               "Query vectors searched per second, and the mean queries per engine call (micro-batching).",
+               "Query vectors searched per second, and the mean queries per engine call (micro-batching, "
+               "all collections).",
                query(f"sum by (collection) (rate(annserve_search_queries_total{{{C}}}[{rate}]))", "{{collection}}", "A"),
-               query(f"sum by (collection) (rate(annserve_search_batch_queries_sum{{{C}}}[{rate}])) / "
-                     f"sum by (collection) (rate(annserve_search_batch_queries_count{{{C}}}[{rate}]))",
-                     "{{collection}} queries per call", "B")),
+               query(f"sum(rate(annserve_search_batch_queries_sum[{rate}])) / "
+                     f"sum(rate(annserve_search_batch_queries_count[{rate}]))",
+                     "queries per engine call (all collections)", "B")),
         db.Row("Recall"),
         series("Recall vs target per collection", "percentunit",
                "Online recall@k (mean of the last N sampled live queries, each re-run exactly) against the "
