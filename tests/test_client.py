@@ -75,12 +75,13 @@ def glove_items(server, glove) -> str:
 
 class Scripted:
     """An HTTP/1.1 server on a free loopback port, in a thread. Each request takes the next answer of
-    `script`: `(status, json_body)`, `"drop"` (close the connection without answering), or
-    `("stall", seconds, status, json_body)`; once the script is used up, the last answer repeats.
-    Every request is recorded as (method, path, headers, parsed body)."""
+    `script`: `(status, json_body)` or `(status, json_body, headers)`, `"drop"` (close the connection
+    without answering), or `("stall", seconds, status, json_body)`; once the script is used up, the last
+    answer repeats.
+    Every request is recorded as (method, path, headers, parsed body) with its arrival time in `times`."""
 
     def __init__(self, script: list[Any]) -> None:
-        self.script, self.requests = list(script), []
+        self.script, self.requests, self.times = list(script), [], []
         scripted = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -95,6 +96,7 @@ class Scripted:
                 scripted.requests.append(
                     (self.command, self.path, dict(self.headers.items()), json.loads(raw) if raw else None)
                 )
+                scripted.times.append(time.monotonic())
                 answer = scripted.script.pop(0) if len(scripted.script) > 1 else scripted.script[0]
                 if answer == "drop":
                     self.close_connection = True
@@ -102,9 +104,11 @@ class Scripted:
                 if answer[0] == "stall":
                     time.sleep(answer[1])
                     answer = answer[2:]
-                status, body = answer
+                status, body, headers = (*answer, {}) if len(answer) == 2 else answer
                 data = json.dumps(body).encode()
                 self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
@@ -359,6 +363,30 @@ def test_idempotent_calls_retry_a_503_twice_then_succeed():
     with Scripted([UNAVAILABLE, "drop", hits]) as fake, Client(fake.url, **FAST) as client:
         assert client.search("c", np.ones(4)) == [Hit("a", 1.0)]
     assert len(fake.requests) == 3
+
+
+def test_retries_back_off_and_follow_retry_after():
+    # backoff 0.2: waits of 0.2 and 0.4 s, each with jitter down to half.
+    for client_class in (Client, AsyncClient):
+        with Scripted([UNAVAILABLE, UNAVAILABLE, COLLECTIONS]) as fake:
+            client = client_class(fake.url, retries=3, backoff=0.2)
+            if client_class is Client:
+                client.list_collections()
+                client.close()
+            else:
+
+                async def main(client=client) -> None:
+                    await client.list_collections()
+                    await client.aclose()
+
+                asyncio.run(main())
+        waits = [b - a for a, b in zip(fake.times, fake.times[1:])]
+        assert waits[0] >= 0.1 and waits[1] >= 0.2, (client_class.__name__, waits)
+    # A 503 that says when to come back is believed (capped at 10 s).
+    later = (503, {"detail": "not ready"}, {"Retry-After": "0.6"})
+    with Scripted([later, COLLECTIONS]) as fake, Client(fake.url, **FAST) as client:
+        client.list_collections()
+    assert fake.times[1] - fake.times[0] >= 0.6
 
 
 def test_retries_are_bounded_and_writes_that_create_are_not_repeated():

@@ -232,10 +232,10 @@ def test_memory_is_bounded_by_a_batch(fashion, tmp_path):
         row_group_size=500,
     )
     for name in ("x.npy", "x.fvecs", "x.jsonl", "x.parquet"):
-        source = Input(tmp_path / name)
         pool_peak, rows = 0, 0
         tracemalloc.start()  # numpy's buffers and Python objects; Arrow's pool is counted apart
         try:
+            source = Input(tmp_path / name)  # opening must not read the file either
             for b in source.batches(0, batch):
                 rows += len(b.ids)
                 pool_peak = max(pool_peak, pa.total_allocated_bytes())
