@@ -148,7 +148,12 @@ class Load:
             await _wait_job(c, job, 600)
 
     def _client(self, key: str) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=self.clients + 2, max_keepalive_connections=self.clients + 2)
+        # Idle connections are dropped after 2 s, before the server's keep-alive timeout (uvicorn:
+        # 5 s, httpx's default expiry too): reusing one the server is closing at that moment
+        # fails the request (a ReadError) without the service being at fault.
+        limits = httpx.Limits(
+            max_connections=self.clients + 2, max_keepalive_connections=self.clients + 2, keepalive_expiry=2.0
+        )
         return httpx.AsyncClient(base_url=self.url, headers={"X-API-Key": key}, timeout=60.0, limits=limits)
 
     async def run(self) -> None:
@@ -221,7 +226,11 @@ class Load:
         await asyncio.sleep(self.duration / 2)
         start = self._elapsed()
         response = await writer.post("/collections/load/rebuild", json={})
-        if response.status_code == 409:  # an automatic rebuild is already running: wait for it
+        while response.status_code == 409 and self._elapsed() < self.duration:
+            await asyncio.sleep(1.0)  # an automatic rebuild runs (fresh outgrew its limit): next
+            start = self._elapsed()
+            response = await writer.post("/collections/load/rebuild", json={})
+        if response.status_code == 409:
             return
         if response.status_code != 202:
             self.errors.append(f"rebuild: {response.status_code} {response.text[:200]}")
