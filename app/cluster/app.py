@@ -2,8 +2,8 @@
 collection manager; the node client is opened in the lifespan and closed after it.
 
 It shares the node's error mapping (`{"detail": ...}`, engine errors to 4xx), body limit and
-request metrics middleware; only the metrics object (RouterMetrics, `annserve_router_*`) and
-the routes are its own.
+request metrics middleware; the metrics object (RouterMetrics, `annserve_router_*`), the routes
+and the search hot path (hot_path.py) are its own.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from ..api.app import _add_error_handlers, _version
 from ..api.transport.body_limit import BodyLimitMiddleware
 from ..api.transport.metrics import MetricsMiddleware
 from ..settings import Settings
+from .hot_path import RouterHotPath
 from .metrics import RouterMetrics
 from .routes import router
 from .state import RouterState
@@ -50,6 +51,8 @@ def create_router_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.include_router(router)
     _add_error_handlers(app)
+    # The last added runs first: metrics see every request, the hot path sits inside the body limit.
+    app.add_middleware(RouterHotPath, state=state)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -1,6 +1,6 @@
 """The router's calls to the shard nodes: read-any with deadline, failover and hedging;
-write-all; admin calls to every node. One pooled `httpx.AsyncClient` (keep-alive connections)
-carries them all.
+write-all; admin calls to every node. One pool of keep-alive connections (transport.py) carries
+them all.
 
 Reads (search, get, info). The shard call has one deadline, `ANNSERVE_SHARD_TIMEOUT_SECONDS`,
 for all its attempts. The first replica is asked; the next one is asked
@@ -33,10 +33,10 @@ from starlette.exceptions import HTTPException
 
 from .metrics import RouterMetrics
 from .topology import ShardNodes, Topology
+from .transport import NodePool
 
 SUSPECT_SECONDS = 5.0
-# Connections kept open per node: enough for the concurrent requests one router sends a node.
-POOL_PER_NODE = 64
+URL_CACHE = 4096  # parsed node URLs kept
 
 
 @dataclass(frozen=True)
@@ -102,19 +102,14 @@ class NodeClient:
     ) -> None:  # fmt: skip
         self.topology, self.metrics = topology, metrics
         self.read_timeout, self.write_timeout, self.hedge_after = read_timeout, write_timeout, hedge_after
-        n_nodes = len(topology.nodes)
-        self.http = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=POOL_PER_NODE * n_nodes, max_keepalive_connections=POOL_PER_NODE * n_nodes
-            ),
-            timeout=write_timeout,
-        )
+        self.pool = NodePool()
         self._replicas = {shard.index: _Replicas(shard.replicas) for shard in topology.shards}
+        self._urls: dict[tuple[str, str], httpx.URL] = {}
         for shard_index, url in topology.nodes:
             metrics.replica_up.labels(str(shard_index), url).set(1)
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        self.pool.close()
 
     # ---- health bookkeeping ----
 
@@ -127,21 +122,19 @@ class NodeClient:
         if self._replicas[shard].suspect_until.pop(url, None) is not None:
             self.metrics.replica_up.labels(str(shard), url).set(1)
 
-    def note(self, shard: int, url: str, ok: bool, reason: str = "other") -> None:
-        """Record a probe's outcome (readyz) like a call's."""
-        if ok:
-            self._healthy(shard, url)
-        else:
-            self._suspect(shard, url, reason)
-
     # ---- one call ----
 
     async def _send(
         self, shard: int, url: str, method: str, path: str, content: bytes | None,
         headers: Mapping[str, str] | None, timeout: float,
     ) -> NodeAnswer:  # fmt: skip
-        response = await self.http.request(method, url + path, content=content, headers=headers, timeout=timeout)
-        return NodeAnswer(shard, url, response.status_code, response.content)
+        target = self._urls.get((url, path))
+        if target is None:  # parsed once: search paths repeat (item paths are many: the cache is reset)
+            if len(self._urls) >= URL_CACHE:
+                self._urls.clear()
+            target = self._urls[(url, path)] = httpx.URL(url + path)
+        status, body = await self.pool.request(method, target, (headers or {}).items(), content, timeout)
+        return NodeAnswer(shard, url, status, body)
 
     def _failed(self, shard: int, url: str, outcome: BaseException | NodeAnswer, waited: float) -> str:
         """Mark `url` suspect and say what went wrong, for the 503's detail."""
