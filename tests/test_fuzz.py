@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hypothesis.strategies as st
 import pytest
+import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error, response_schema_conformance
 
-schemathesis = pytest.importorskip("schemathesis")  # the dev extra installs it
-from schemathesis.checks import not_a_server_error, response_schema_conformance  # noqa: E402
-
-from annserve.bench.server_process import ServeProcess  # noqa: E402
+from annserve.bench.server_process import ServeProcess
 
 pytestmark = pytest.mark.integration
 
