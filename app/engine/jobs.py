@@ -28,8 +28,9 @@ JOB_NICENESS = 10
 KEEP_FINISHED = 1000  # finished jobs remembered for GET /jobs/{id}; older ones are forgotten
 ACTIVE = ("queued", "running")
 
-# A job's work: called with a progress callback taking 0..1; raises to fail the job.
-Work = Callable[[Callable[[float], None]], None]
+# A job's work: called with a progress callback taking 0..1; raises to fail the job. A rebuild
+# returns the recall it measured (or raises with a `recall` attribute when it refused its swap).
+Work = Callable[[Callable[[float], None]], Any]
 
 
 def _iso(when: datetime | None) -> str | None:
@@ -45,6 +46,7 @@ class Job:
         self.state = "queued"
         self.progress = 0.0
         self.error: str | None = None
+        self.recall: float | None = None  # a rebuild's recall@10 of the new main, as measured
         self.created_at = datetime.now(timezone.utc)
         self.finished_at: datetime | None = None
 
@@ -57,6 +59,7 @@ class Job:
             "state": self.state,
             "progress": round(self.progress, 4),
             "error": self.error,
+            "recall": self.recall,
             "collection": self.collection,
             "created_at": _iso(self.created_at),
             "finished_at": _iso(self.finished_at),
@@ -119,11 +122,13 @@ class JobRegistry:
                 continue
             job.state = "running"
             try:
-                work(job.report)
+                outcome = work(job.report)
             except Exception as exc:  # a failed job is reported, never fatal to the service
                 log.warning("job %s (%s) failed: %s", job.id, job.collection, exc)
+                job.recall = getattr(exc, "recall", None)
                 self._finish(job, "failed", str(exc) or type(exc).__name__)
             else:
+                job.recall = outcome if isinstance(outcome, float) else None
                 job.report(1.0)
                 self._finish(job, "succeeded", None)
 
