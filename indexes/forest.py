@@ -62,7 +62,7 @@ import numpy as np
 from numba import types as nt
 
 from .base import MAX_INT_PARAM, MAX_SEED, Index
-from .kernels import JIT, deheap_sort, heap_offer, heap_push, heap_sift_down, prefetch, score_rows
+from .kernels import JIT, deheap_sort, heap_push, heap_sift_down, prefetch, score_rows
 
 _TWO_MEANS_STEPS = 200  # Annoy's ITERATION_STEPS
 _SPLIT_TRIES = 3  # re-draws of an unbalanced split before a blind half-half split (Annoy)
@@ -306,7 +306,10 @@ def _score_codes(rows, count, codes, code_query, code_bias, code_scale, is_l2, c
             for z in range(dim):
                 approx -= code_query[z] * np.float32(c[z])
             approx -= code_bias
-        n_cand = heap_offer(cand_d, cand_i, n_cand, approx, row)
+        if n_cand < cand_d.shape[0]:  # the bounded-heap offer (kernels' docstring)
+            n_cand = heap_push(cand_d, cand_i, n_cand, approx, row)
+        elif approx < cand_d[0]:
+            heap_sift_down(cand_d, cand_i, n_cand, approx, row)
     return n_cand
 
 

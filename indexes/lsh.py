@@ -261,25 +261,20 @@ def _query(
     block = cand.shape[0]
     found = 0
     seen = 0
-    i = 0
-    j = plo[0]
-    while i < n_probes:
-        n_cand = 0
-        while i < n_probes and n_cand < block:
-            hi = phi[i]
-            while j < hi and n_cand < block:
-                pos = members[j]
-                j += 1
-                if marker[pos] != gen:
-                    marker[pos] = gen
-                    cand[n_cand] = pos
-                    n_cand += 1
-            if j >= hi:
-                i += 1
-                if i < n_probes:
-                    j = plo[i]
-        found = score_rows(q, vectors, cand, n_cand, l2, best_d, best_i, found)
-        seen += n_cand
+    n_cand = 0
+    for i in range(n_probes):
+        for j in range(plo[i], phi[i]):
+            pos = members[j]
+            if marker[pos] != gen:
+                marker[pos] = gen
+                cand[n_cand] = pos
+                n_cand += 1
+                if n_cand == block:
+                    found = score_rows(q, vectors, cand, n_cand, l2, best_d, best_i, found)
+                    seen += n_cand
+                    n_cand = 0
+    found = score_rows(q, vectors, cand, n_cand, l2, best_d, best_i, found)
+    seen += n_cand
     deheap_sort(best_d, best_i, found)
     return found, seen
 
