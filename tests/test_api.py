@@ -151,7 +151,7 @@ def test_collection_lifecycle(client):
             "last_rebuild_at"} <= set(info)
     assert (info["name"], info["dim"], info["metric"], info["count"]) == ("docs", 8, "l2", 0)
     assert info["index"]["kind"] == "hnswlib"
-    error(client.post("/collections", json={"name": "docs", "dim": 8}), 409, "docs")
+    error(client.post("/collections", json={"name": "docs", "dim": 8, "metric": "l2"}), 409, "docs")
     assert [c["name"] for c in client.get("/collections").json()["collections"]] == ["docs"]
     assert client.get("/collections/docs").json()["dim"] == 8
     assert client.delete("/collections/docs").status_code == 200
@@ -166,6 +166,7 @@ def test_collection_lifecycle(client):
         ({"name": "x", "dim": 0}, ["dim", "1", "got 0"]),
         ({"name": "x", "dim": 5000}, ["dim", "4096", "5000"]),
         ({"name": "x", "dim": 8, "metric": "hamming"}, ["metric", "hamming"]),
+        ({"name": "x", "dim": 8, "metric": None}, ["metric", "None"]),
         ({"name": "x", "dim": 8, "colour": "red"}, ["colour"]),
         ({"name": "../etc", "dim": 8}, ["name"]),
         ({"dim": 8}, ["name"]),
@@ -180,8 +181,14 @@ def test_collection_lifecycle(client):
     ],
 )
 def test_create_collection_rejects(client, body, fragments):
-    error(client.post("/collections", json=body), 422, *fragments)
+    # The metric is required: the bodies that test something else give one.
+    error(client.post("/collections", json={"metric": "l2", **body}), 422, *fragments)
     assert client.get("/collections").json() == {"collections": []}
+
+
+def test_create_collection_requires_the_metric(client):
+    """The README says `metric` is required; the schema defaulted it to cosine (defect 10)."""
+    error(client.post("/collections", json={"name": "x", "dim": 8}), 422, "metric", "required")
 
 
 def test_invalid_json_is_422(client):
@@ -505,7 +512,7 @@ def test_concurrent_searches_are_batched_and_answered_alike(tmp_path, glove):
                 await asyncio.sleep(0.01)
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                body = {"name": "g", "dim": 50, "index": {"kind": "hnswlib"}}
+                body = {"name": "g", "dim": 50, "metric": "cosine", "index": {"kind": "hnswlib"}}
                 assert (await client.post("/collections", json=body)).status_code == 201
                 items = [{"id": f"v{i}", "vector": v.tolist()} for i, v in enumerate(glove.base[:1000])]
                 assert (await client.post("/collections/g/vectors", json={"items": items})).status_code == 200

@@ -66,7 +66,10 @@ class CollectionCreate(_Request):
     name: str = Field(pattern=NAME_PATTERN, description="letters, digits, `_`, `-`, `.`; 1-64 chars")
     # strict: `true` or "4" is a client mistake, not a dimension (pydantic would coerce it).
     dim: int = Field(ge=1, strict=True, description="vector dimension (capped by ANNSERVE_MAX_DIM)")
-    metric: Metric = "cosine"
+    metric: Metric = Field(
+        description="cosine, ip or l2; scores are cosine similarity, inner product (higher is better) "
+        "or squared Euclidean distance (lower is better)"
+    )
     index: IndexSpec = Field(default_factory=IndexSpec)
     shards: int = Field(1, ge=1, le=256, strict=True, description="hash shards of the collection")
 
