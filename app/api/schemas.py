@@ -39,8 +39,6 @@ class ErrorDetail(BaseModel):
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route: each status documented with the `{"detail": str}` body."""
     text = {
-        401: "no API key",
-        403: "wrong API key",
         404: "unknown collection, vector or job",
         409: "conflicts with the current state",
         413: "request body above the configured limit",
