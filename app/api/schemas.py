@@ -60,6 +60,19 @@ class IndexSpec(_Request):
     params: dict[str, Any] = Field(default_factory=dict, description="build parameters of the kind")
 
 
+# Online recall settings of a collection (engine/recall.py, engine/tuning.py).
+_RECALL_TARGET = Field(0.95, gt=0, le=1, description="the recall@k the collection should serve (tuning aims at it)")
+_RECALL_FLOOR = Field(
+    0.0, ge=0, le=1,
+    description="a rebuilt main index measured below this recall@10 is not swapped in; 0 turns the gate off",
+)
+_AUTO_TUNE = Field(False, strict=True, description="re-tune the search knob to recall_target after every rebuild")
+_SEARCH_DEFAULTS = Field(
+    default_factory=dict,
+    description="search parameters of the kind (ef, nprobe, ...) used when a request gives none",
+)
+
+
 class CollectionCreate(_Request):
     name: str = Field(pattern=NAME_PATTERN, description="letters, digits, `_`, `-`, `.`; 1-64 chars")
     # strict: `true` or "4" is a client mistake, not a dimension (pydantic would coerce it).
@@ -70,6 +83,10 @@ class CollectionCreate(_Request):
     )
     index: IndexSpec = Field(default_factory=IndexSpec)
     shards: int = Field(1, ge=1, le=256, strict=True, description="hash shards of the collection")
+    recall_target: float = _RECALL_TARGET
+    recall_floor: float = _RECALL_FLOOR
+    auto_tune: bool = _AUTO_TUNE
+    search_params: dict[str, Any] = _SEARCH_DEFAULTS
 
 
 class IndexInfo(_Response):
@@ -91,6 +108,9 @@ class CollectionInfo(_Response):
     main_count: int
     fresh_count: int
     last_rebuild_at: str | None = Field(description="when the main index was last built (ISO 8601, UTC)")
+    recall_target: float | None = None
+    recall_floor: float | None = None
+    auto_tune: bool | None = None
 
 
 class CollectionList(BaseModel):
@@ -197,6 +217,9 @@ class JobInfo(_Response):
     state: Literal["queued", "running", "succeeded", "failed"]
     progress: float = Field(ge=0, le=1)
     error: str | None
+    recall: float | None = Field(
+        None, description="a rebuild's recall@10 of the new main index as measured before the swap"
+    )
     collection: str | None = None
     created_at: str | None = Field(None, description="ISO 8601, UTC")
     finished_at: str | None = Field(None, description="ISO 8601, UTC")
@@ -204,3 +227,41 @@ class JobInfo(_Response):
 
 class Status(BaseModel):
     status: str
+
+
+# ---- recall, tuning -----------------------------------------------------------------------
+
+
+class CollectionPatch(_Request):
+    """Any subset; `search_params` replaces the collection's search defaults (`{}`: the kind's own)."""
+
+    recall_target: float | None = Field(None, gt=0, le=1)
+    recall_floor: float | None = Field(None, ge=0, le=1)
+    auto_tune: bool | None = Field(None, strict=True)
+    search_params: dict[str, Any] | None = None
+
+
+class RecallInfo(_Response):
+    recall_at_k: float | None = Field(description="mean recall@k over the last `samples` sampled searches")
+    k: int | None = Field(description="k of those searches (the most frequent one if they differ)")
+    samples: int = Field(description="sampled queries behind the figure (at most `window`)")
+    window: int = Field(description="the rolling window: the last this many samples")
+    target: float
+    floor: float
+    last_sampled_at: str | None = Field(description="ISO 8601, UTC")
+
+
+class TuneRequest(_Request):
+    target_recall: float = Field(0.95, gt=0, le=1)
+    k: int = Field(10, ge=1, strict=True, description="results per query, at most ANNSERVE_MAX_K")
+
+
+class TuneAnswer(_Response):
+    kind: str
+    knob: str | None = Field(description="the search parameter tuned; null for an exact kind")
+    chosen: dict[str, Any] = Field(description="the values set as the collection's search defaults")
+    recall: float
+    latency_p50_ms: float | None = None
+    below: dict[str, Any] | None = Field(
+        None, description="the next smaller value of the knob, with its recall and p50 latency"
+    )
