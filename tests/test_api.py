@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import wait_job
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from annserve.api.app import create_app
 from annserve.settings import Settings
@@ -94,10 +95,20 @@ def test_health_ready_and_metrics(client):
     route = "/collections/{name}/vectors/{item_id:path}"
     assert f'annserve_requests_total{{method="GET",route="{route}",status="200"}}' in text
     assert "annserve_request_duration_seconds_bucket" in text
-    assert 'annserve_collection_items{collection="m",part="fresh"}' in text or (
-        'annserve_collection_items{collection="m",part="main"} 1.0' in text
-    )
+    items = _samples(text, "annserve_collection_items", "part", collection="m")
+    assert items == {"fresh": 1.0, "main": 0.0}, items
+    assert "annserve_event_loop_lag_seconds_count" in text
     assert "secret-id" not in text  # ids never become label values
+
+
+def _samples(text: str, name: str, by: str, **labels: str) -> dict[str, float]:
+    """{value of label `by`: sum of the samples of metric `name` with `labels`} in Prometheus text."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                found[sample.labels[by]] = found.get(sample.labels[by], 0.0) + sample.value
+    return found
 
 
 def test_openapi_describes_every_route(client):
