@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import sys
 from typing import Any
 
 import uvicorn
@@ -22,6 +23,7 @@ def run(overrides: dict[str, Any]) -> None:
     if settings.shard_urls:  # a router over shard nodes (app/cluster/): it holds no data
         from .cluster.app import create_router_app as create_app
 
+    sys.setswitchinterval(settings.gil_switch_interval_seconds)  # the loop gets the GIL back soon
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
 
     # The event-loop lag probe (annserve_event_loop_lag_seconds): how often it checks; 0 = off.
     loop_lag_interval_seconds: float = Field(0.01, ge=0)
+    # How soon a thread holding the GIL hands it to the event loop's thread when that wants it
+    # (sys.setswitchinterval; Python's default 0.005). Large bodies are parsed in a thread in
+    # short steps; this bounds how long the loop may wait for the GIL between them.
+    gil_switch_interval_seconds: float = Field(0.0005, gt=0)
 
     # ---- cluster (app/cluster/) ----
     # Set: this process is a router over these nodes (shards by ',', replicas of a shard by '|').

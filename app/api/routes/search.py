@@ -5,34 +5,47 @@ The hot path of the service. The raw body is parsed by orjson into one float32 a
 no pydantic and no dependency injection per request. `hot_path.HotPathMiddleware` calls
 `answer_search` / `answer_batch` straight from ASGI; the routes below are the same code reached
 through the router, and document the API.
+
+Nothing here blocks the event loop for long: large bodies are parsed in a thread
+(`parsing.parse_body`), every engine call runs off the loop, and answers of more than
+INLINE_HITS hits are built and serialised in a thread too.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import State
 
+from ...engine.collection import Hits
+
 from ..deps import CollectionName, ready_manager
 from ..schemas import BatchSearchRequest, BatchSearchResponse, SearchRequest, SearchResponse, error_responses
+from ..transport.json_pieces import Converted
 from ..transport.parsing import (
-    dumps,
     get_bool,
     get_k,
     get_params,
+    joined,
     load_object,
+    parse_body,
     vector_from_list,
     vectors_from_b64,
     vectors_from_lists,
 )
-from ..transport.raw_body import raw_body
+from ..transport.raw_body import body_chunks, raw_body
 
 router = APIRouter(prefix="/collections/{name}", tags=["search"])
 
 _SEARCH_FIELDS = frozenset(SearchRequest.model_fields)
 _BATCH_FIELDS = frozenset(BatchSearchRequest.model_fields)
+# Hits an answer may hold and still be built and serialised on the event loop (~0.2 us each).
+INLINE_HITS = 2048
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
 @router.post(
@@ -46,7 +59,8 @@ async def search(request: Request, name: CollectionName):
     # `name` is declared so that OpenAPI documents the path parameter; the lookup is the
     # hot path's (no dependency solving).
     collection = ready_manager(request.app.state).get(name)
-    return dumps(await answer_search(request.app.state, collection, await request.body()))
+    body = await answer_search(request.app.state, collection, await body_chunks(request.stream()))
+    return Response(body, media_type="application/json")
 
 
 @router.post(
@@ -60,52 +74,84 @@ async def search_batch(request: Request, name: CollectionName):
     # `name` is declared so that OpenAPI documents the path parameter; the lookup is the
     # hot path's (no dependency solving).
     collection = ready_manager(request.app.state).get(name)
-    return dumps(await answer_batch(request.app.state, collection, await request.body()))
+    body = await answer_batch(request.app.state, collection, await body_chunks(request.stream()))
+    return Response(body, media_type="application/json")
 
 
-async def answer_search(state: State, collection: Any, raw: bytes) -> dict:
-    """The `/search` answer for the raw body; ValueError / NotFound for the client's mistakes."""
+async def answer_search(state: State, collection: Any, chunks: list[bytes]) -> bytes:
+    """The `/search` answer (JSON) for the body's chunks; ValueError / NotFound for the client's mistakes."""
+    max_k = state.settings.max_k
+    query, item_id, k, params, exact = await parse_body(
+        chunks, lambda raw: _parse_search(raw, collection.dim, max_k)
+    )
+    exclude = None
+    if item_id is not None:
+        vector, _ = await run_in_threadpool(collection.get, item_id)  # NotFound -> 404
+        query, exclude = vector.reshape(1, -1), [item_id]
+    hits = await state.batcher.search(collection, query, k, params, exact, exclude)
+    return orjson.dumps({"results": [{"id": i, "score": s} for i, s in hits[0]]}, option=_NUMPY)
+
+
+def _parse_search(
+    raw: bytes | bytearray, dim: int, max_k: int
+) -> tuple[np.ndarray | None, str | None, int, dict | None, bool]:
+    """(query (1, dim) or None, item id or None, k, params, exact) of a `/search` body."""
     body = load_object(raw, _SEARCH_FIELDS)
-    k, params, exact = get_k(body, state.settings.max_k), get_params(body), get_bool(body, "exact")
+    k, params, exact = get_k(body, max_k), get_params(body), get_bool(body, "exact")
     given = [name for name in ("vector", "vector_b64", "id") if name in body]
     if len(given) != 1:
         raise ValueError(
             f"request body: expected exactly one of vector, vector_b64, id; got {given or 'none'}"
         )
-    exclude = None
     if "vector" in body:
-        query = vector_from_list(body["vector"], collection.dim).reshape(1, -1)
-    elif "vector_b64" in body:
-        query = vectors_from_b64(body["vector_b64"], collection.dim)
-    else:
-        item_id = body["id"]
-        if not isinstance(item_id, str):
-            raise ValueError(f"id: expected a string, got {item_id!r}")
-        vector, _ = await run_in_threadpool(collection.get, item_id)  # NotFound -> 404
-        query = vector.reshape(1, -1)
-        exclude = [item_id]
-    hits = await state.batcher.search(collection, query, k, params, exact, exclude)
-    return {"results": [{"id": i, "score": s} for i, s in hits[0]]}
+        return vector_from_list(body["vector"], dim).reshape(1, -1), None, k, params, exact
+    if "vector_b64" in body:
+        return vectors_from_b64(body["vector_b64"], dim), None, k, params, exact
+    item_id = body["id"]
+    if not isinstance(item_id, str):
+        raise ValueError(f"id: expected a string, got {item_id!r}")
+    return None, item_id, k, params, exact
 
 
-async def answer_batch(state: State, collection: Any, raw: bytes) -> dict:
-    """The `/search/batch` answer for the raw body."""
+async def answer_batch(state: State, collection: Any, chunks: list[bytes]) -> bytes:
+    """The `/search/batch` answer (JSON) for the body's chunks."""
     settings = state.settings
-    body = load_object(raw, _BATCH_FIELDS)
-    k, params, exact = get_k(body, settings.max_k), get_params(body), get_bool(body, "exact")
+    queries, k, params, exact = await parse_body(
+        chunks, lambda raw: _parse_batch(raw, collection.dim, settings.max_k, settings.max_batch)
+    )
+    hits = await state.batcher.search(collection, queries, k, params, exact, None)
+    if sum(len(row) for row in hits) <= INLINE_HITS:
+        return _batch_json(hits)
+    return await run_in_threadpool(_batch_json, hits)
+
+
+def _parse_batch(
+    raw: bytes | bytearray, dim: int, max_k: int, max_batch: int
+) -> tuple[np.ndarray, int, dict | None, bool]:
+    """(queries (n, dim), k, params, exact) of a `/search/batch` body."""
+    body = load_object(raw, _BATCH_FIELDS, "vectors", lambda run, first: vectors_from_lists(run, dim, first=first))
+    k, params, exact = get_k(body, max_k), get_params(body), get_bool(body, "exact")
     if ("vectors" in body) == ("vectors_b64" in body):
         raise ValueError("request body: expected exactly one of vectors, vectors_b64")
     if "vectors" in body:
         vectors = body["vectors"]
-        if isinstance(vectors, list) and len(vectors) > settings.max_batch:
-            raise _too_many(len(vectors), settings.max_batch)
-        queries = vectors_from_lists(vectors, collection.dim)
+        if not isinstance(vectors, Converted) or not vectors.count:  # not a list, or empty:
+            vectors_from_lists(vectors if not isinstance(vectors, Converted) else [], dim)  # raises
+        if vectors.count > max_batch:
+            raise _too_many(vectors.count, max_batch)
+        queries = joined(vectors.results())
     else:
-        queries = vectors_from_b64(body["vectors_b64"], collection.dim, "vectors_b64", rows=None)
-        if len(queries) > settings.max_batch:
-            raise _too_many(len(queries), settings.max_batch)
-    hits = await state.batcher.search(collection, queries, k, params, exact, None)
-    return {"results": [[{"id": i, "score": s} for i, s in row] for row in hits]}
+        queries = vectors_from_b64(body["vectors_b64"], dim, "vectors_b64", rows=None)
+        if len(queries) > max_batch:
+            raise _too_many(len(queries), max_batch)
+    return queries, k, params, exact
+
+
+def _batch_json(rows: list[Hits]) -> bytes:
+    """`{"results": [[{"id", "score"}, ...], ...]}`, serialised a row at a time (a thread doing
+    it for a large answer hands the GIL back between rows)."""
+    parts = [orjson.dumps([{"id": i, "score": s} for i, s in row], option=_NUMPY) for row in rows]
+    return b'{"results":[' + b",".join(parts) + b"]}"
 
 
 def _too_many(n: int, cap: int) -> ValueError:

@@ -8,8 +8,9 @@ import numpy as np
 from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
 
-from ...engine.collection import MAX_ID_CHARS
+from ...engine.collection import Collection
 from ..deps import CollectionDep, SettingsDep
+from ...settings import Settings
 from ...engine.errors import NotFound
 from ..schemas import (
     DeletedCount,
@@ -19,8 +20,18 @@ from ..schemas import (
     VectorRecord,
     error_responses,
 )
-from ..transport.parsing import decode_b64, dumps, load_object, vector_from_list, vectors_from_bytes, vectors_from_lists
-from ..transport.raw_body import JsonBody, raw_body
+from ..transport.json_pieces import Converted, convert_list
+from ..transport.parsing import (
+    decode_b64,
+    dumps,
+    joined,
+    load_object,
+    parse_body,
+    vector_from_list,
+    vectors_from_byte_rows,
+    vectors_from_lists,
+)
+from ..transport.raw_body import JsonBody, body_chunks, raw_body
 from ...cluster.ownership import check_owned  # shard nodes (app/cluster/)
 
 router = APIRouter(prefix="/collections/{name}/vectors", tags=["vectors"])
@@ -38,30 +49,60 @@ _ITEM_FIELDS = frozenset({"id", "vector", "vector_b64", "payload"})
 )
 async def upsert_vectors(request: Request, collection: CollectionDep, settings: SettingsDep):
     """Insert or replace items; once the 200 is sent the write survives a crash."""
-    body = load_object(await request.body(), _UPSERT_FIELDS)
-    ids, vectors, payloads = parse_items(body.get("items"), collection.dim, settings.max_upsert_batch)
-    check_owned(ids, settings.shard_index, settings.shard_count)  # cluster hook: 421 naming the owner
-    # The engine writes to its store and syncs before returning: off the event loop.
-    n = await run_in_threadpool(collection.upsert, ids, vectors, payloads)
-    return dumps({"upserted": n})
+    dim, cap = collection.dim, settings.max_upsert_batch
+    chunks = await body_chunks(request.stream())
+    ids, vectors, payloads = await parse_body(chunks, lambda raw: _parse_upsert(raw, dim, cap))
+    # The engine checks the items, writes them to its store and syncs: off the event loop.
+    return dumps({"upserted": await run_in_threadpool(_write, collection, ids, vectors, payloads, settings)})
 
 
-def parse_items(items, dim: int, max_items: int) -> tuple[list[str], np.ndarray, list[dict | None]]:
-    """`items` of the upsert body -> ids, (n, dim) float32 vectors, payloads."""
-    if not isinstance(items, list) or not items:
+def _parse_upsert(raw: bytes | bytearray, dim: int, max_items: int) -> tuple[list, np.ndarray, list]:
+    body = load_object(raw, _UPSERT_FIELDS, "items", lambda run, first: item_run(run, first, dim))
+    return parse_items(body.get("items"), dim, max_items)
+
+
+def _write(collection: Collection, ids: list, vectors: np.ndarray, payloads: list, settings: Settings) -> int:
+    # Cluster hook: 421 naming the owner. An id that is not a string is the engine's to reject.
+    if settings.shard_index is not None and all(isinstance(i, str) for i in ids):
+        check_owned(ids, settings.shard_index, settings.shard_count)
+    return collection.upsert(ids, vectors, payloads)
+
+
+def parse_items(items, dim: int, max_items: int) -> tuple[list, np.ndarray, list]:
+    """`items` of the upsert body (its JSON list, or that list as `load_object` converted it
+    with `item_run`) -> ids, (n, dim) float32 vectors, payloads, by position.
+
+    Only the structure is checked here (objects with an id and exactly one of vector and
+    vector_b64, lists of `dim` numbers, base64 of `dim` float32); the ids, the values and the
+    payloads are the engine's to check (`Collection.upsert`), once."""
+    if isinstance(items, list):
+        items = convert_list(items, lambda run, first: item_run(run, first, dim))
+    if not isinstance(items, Converted) or not items.count:
         raise ValueError("items: expected a non-empty list of {id, vector, payload} objects")
-    if len(items) > max_items:
+    if items.count > max_items:
         raise ValueError(
-            f"items: expected at most {max_items} per request (ANNSERVE_MAX_UPSERT_BATCH), got {len(items)}"
+            f"items: expected at most {max_items} per request (ANNSERVE_MAX_UPSERT_BATCH), got {items.count}"
         )
-    ids: list[str] = []
-    payloads: list[dict | None] = []
-    # Rows given as JSON lists and as base64, by position; each kind is converted in one go.
+    runs = items.results()
+    if len(runs) == 1:
+        return runs[0]
+    ids = [item_id for run in runs for item_id in run[0]]
+    payloads = [payload for run in runs for payload in run[2]]
+    return ids, joined([run[1] for run in runs]), payloads
+
+
+def item_run(items: list, first: int, dim: int) -> tuple[list, np.ndarray, list]:
+    """ids, (n, dim) float32 vectors and payloads of consecutive upsert items, `items[0]` being
+    the request's item number `first` (for the messages)."""
+    ids: list = []
+    payloads: list = []
+    # Rows given as JSON lists and as base64, by position; each kind is converted together.
     list_at: list[int] = []
     list_rows: list[list] = []
     b64_at: list[int] = []
     b64_rows: list[bytes] = []
-    for i, item in enumerate(items):
+    for at, item in enumerate(items):
+        i = first + at
         if not isinstance(item, dict):
             raise ValueError(f"items[{i}]: expected an object with id, vector and payload")
         if not item.keys() <= _ITEM_FIELDS:
@@ -69,37 +110,31 @@ def parse_items(items, dim: int, max_items: int) -> tuple[list[str], np.ndarray,
                 f"items[{i}]: unknown field(s) {sorted(item.keys() - _ITEM_FIELDS)}; "
                 f"expected some of {sorted(_ITEM_FIELDS)}"
             )
-        item_id = item.get("id")
-        if not isinstance(item_id, str) or not 1 <= len(item_id) <= MAX_ID_CHARS:
-            raise ValueError(
-                f"items[{i}].id: expected a string of 1 to {MAX_ID_CHARS} characters, got {item_id!r}"
-            )
-        payload = item.get("payload")
-        if payload is not None and not isinstance(payload, dict):
-            raise ValueError(f"items[{i}].payload: expected an object or null, got {type(payload).__name__}")
+        if "id" not in item:
+            raise ValueError(f"items[{i}]: expected an id, got the fields {sorted(item)}")
         if "vector" in item:
             if "vector_b64" in item:
                 raise ValueError(f"items[{i}]: expected exactly one of vector, vector_b64; got both")
             row = item["vector"]
             if not isinstance(row, list) or len(row) != dim:
                 vector_from_list(row, dim, f"items[{i}].vector")  # raises, with the numbers
-            list_at.append(i)
+            list_at.append(at)
             list_rows.append(row)
         elif "vector_b64" in item:
-            b64_at.append(i)
+            b64_at.append(at)
             b64_rows.append(decode_b64(item["vector_b64"], dim, f"items[{i}].vector_b64"))
         else:
             raise ValueError(f"items[{i}]: expected exactly one of vector, vector_b64; got neither")
-        ids.append(item_id)
-        payloads.append(payload)
+        ids.append(item["id"])
+        payloads.append(item.get("payload"))
     if not b64_rows:
         vectors = vectors_from_lists(list_rows, dim, "items[].vector")
     elif not list_rows:
-        vectors = vectors_from_bytes(b"".join(b64_rows), dim, "items[].vector_b64")
+        vectors = vectors_from_byte_rows(b64_rows, dim)
     else:
         vectors = np.empty((len(items), dim), dtype=np.float32)
         vectors[list_at] = vectors_from_lists(list_rows, dim, "items[].vector")
-        vectors[b64_at] = vectors_from_bytes(b"".join(b64_rows), dim, "items[].vector_b64")
+        vectors[b64_at] = vectors_from_byte_rows(b64_rows, dim)
     return ids, vectors, payloads
 
 

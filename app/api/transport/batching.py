@@ -5,8 +5,9 @@ Why: a search's own work is a fraction of a millisecond, but each engine call al
 thread hand-off and Python overhead per call, and the index libraries answer a batch of queries
 for much less than the sum of single ones. An engine call never waits for company: when none is
 running the query goes at once (no added latency for a lone client); under load each call
-takes everything queued meanwhile. The engine runs off the event loop, so the loop keeps
-parsing requests while a call is in flight.
+takes everything queued meanwhile. The engine always runs off the event loop, a lone query
+included: an engine call may wait (behind a writer holding a shard's lock, or for the search
+threads), and on the loop that wait would stall every connection, `/healthz` included.
 
 Measured against the two plain choices (16 connections, wrk, 20K x 384 FAISS HNSW, ef 32, on
 the shared 2-core box at load ~9; server CPU per search from /proc):
@@ -15,6 +16,9 @@ the shared 2-core box at load ~9; server CPU per search from /proc):
   micro-batched (this)            1,032 searches/s    659 us
 On the loop, every search blocks the parsing of the others; a hop per request pays a thread
 wake-up per search; batching pays one per engine call and lets the library loop over the batch.
+A lone query used to be answered on the loop, sparing two thread wake-ups; but then the loop
+stalled whenever the engine waited (for its search threads, or behind a writer holding a
+shard's lock), every connection with it.
 """
 
 from __future__ import annotations
@@ -54,7 +58,6 @@ class SearchBatcher:
         self.max_in_flight = max_in_flight
         self._queue: deque[_Request] = deque()
         self._in_flight = 0
-        self._start_pending = False
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="annserve-batch")
 
     async def search(
@@ -65,27 +68,12 @@ class SearchBatcher:
         loop = asyncio.get_running_loop()
         request = _Request(collection, queries, k, params, exact, exclude, loop.create_future())
         self._queue.append(request)
-        if self._in_flight < self.max_in_flight and not self._start_pending:
-            # Decide after the requests that are already parsed and ready to run have queued too.
-            self._start_pending = True
-            loop.call_soon(self._start, loop)
+        if self._in_flight < self.max_in_flight:
+            # The drain task first runs after the callbacks already scheduled: the requests that
+            # are parsed and ready to run by then join its first engine call.
+            self._in_flight += 1
+            loop.create_task(self._drain(loop))
         return await request.future
-
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._start_pending = False
-        if not self._queue or self._in_flight >= self.max_in_flight:
-            return
-        lone = self._queue[0]
-        if len(self._queue) == 1 and self._in_flight == 0 and len(lone.queries) == 1 and not lone.exact:
-            # A lone approximate query (no other request was ready to queue): the loop has
-            # nothing else to do, so answer it here and spare the hand-off to a pool thread and
-            # back, two thread wake-ups that cost most on busy cores. Batches and brute-force
-            # searches, which may take long, never block the loop.
-            batch = [self._queue.popleft()]
-            _deliver(batch, _run(batch))
-            return
-        self._in_flight += 1
-        loop.create_task(self._drain(loop))
 
     async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         try:

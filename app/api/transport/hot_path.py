@@ -11,7 +11,7 @@ routes stay: they document the API and answer when this middleware is left out.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple
 
 import orjson
@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..deps import ready_manager
 from ..error_mapping import error_answer
 from ..routes.search import answer_batch, answer_search
+from .raw_body import body_chunks
 
 _PREFIX = "/collections/"
 _CONTENT_TYPE = (b"content-type", b"application/json")
@@ -37,7 +38,7 @@ class _Disconnected(Exception):
     pass
 
 
-Answer = Callable[[State, Any, bytes], Awaitable[dict]]
+Answer = Callable[[State, Any, list[bytes]], Awaitable[bytes]]
 
 
 class HotPathMiddleware:
@@ -65,24 +66,23 @@ class HotPathMiddleware:
     async def _answer(self, answer: Answer, name: str, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             collection = ready_manager(self.state).get(name)
-            status, content = 200, await answer(self.state, collection, await _read_body(receive))
+            status, body = 200, await answer(self.state, collection, await body_chunks(_chunks(receive)))
         except _Disconnected:
             return
         except Exception as exc:  # noqa: BLE001 - every error is answered, as the app's handlers do
             status, detail = error_answer(exc, "POST", scope["path"])
-            content = {"detail": detail}
-        body = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+            body = orjson.dumps({"detail": detail})
         headers = [_CONTENT_TYPE, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
+async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body's chunks as ASGI delivers them; _Disconnected if the client goes."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _Disconnected
-        chunks.append(message.get("body", b""))
+        yield message.get("body", b"")
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            return
