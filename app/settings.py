@@ -32,6 +32,16 @@ class Settings(BaseSettings):
     max_upsert_batch: int = Field(10_000, ge=1)
     max_dim: int = Field(4096, ge=1)
 
+    # ---- online recall (engine/recall.py) ----
+    # Share of live queries re-run exactly off the request path; 0 turns sampling off.
+    recall_sample_rate: float = Field(0.01, ge=0, le=1)
+    # The reported figure is the mean over this many latest samples per collection.
+    recall_window: int = Field(1000, ge=1)
+    # Sampled queries waiting for their exact re-run; past it new samples are dropped (counted).
+    recall_queue_size: int = Field(1024, ge=1)
+    # Recent sampled queries kept per collection for the rebuild gate and the tuner.
+    recall_recent_queries: int = Field(256, ge=1)
+
     # The event-loop lag probe (annserve_event_loop_lag_seconds): how often it checks; 0 = off.
     loop_lag_interval_seconds: float = Field(0.01, ge=0)
     # How soon a thread holding the GIL hands it to the event loop's thread when that wants it
