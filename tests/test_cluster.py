@@ -21,7 +21,7 @@ from annserve.bench.server_process import ServeProcess
 from annserve.cluster.jobs import decode, encode
 from annserve.cluster.local import LocalCluster, running
 from annserve.cluster.merge import merge_hits
-from annserve.cluster.ownership import MISDIRECTED, check_owned, positions_by_owner, shard_of
+from annserve.cluster.ownership import MISDIRECTED, check_owned, positions_by_shard, shard_of
 from annserve.cluster.pod import node_environment, ordinal
 from annserve.cluster.topology import Topology
 from annserve.engine.errors import NotFound
@@ -37,6 +37,9 @@ SLACK = 2.5
 HEDGE_MS = 50
 LAYOUT = (1, 2, 1)  # replicas per shard
 RECALL_FLOOR = 0.95  # hnswlib at its default ef on GloVe 10K
+# Every process has keys: routers check the client's, and call the nodes with their admin key.
+ADMIN, READ = "cluster-admin-key", "cluster-read-key"
+KEYS = {"ANNSERVE_ADMIN_API_KEY": ADMIN, "ANNSERVE_API_KEY": READ}
 BATCH = 1000
 QUERIES = 200
 
@@ -55,7 +58,7 @@ def test_topology_parses_shards_and_replicas():
 
 def test_ownership_is_the_engine_hash_and_nodes_refuse_strays():
     ids = [f"item-{i}" for i in range(3000)]
-    groups = positions_by_owner(ids, 3)
+    groups = positions_by_shard(ids, 3)
     assert sorted(p for ps in groups.values() for p in ps) == list(range(3000))
     assert all(shard_of(ids[p], 3) == s for s, ps in groups.items() for p in ps)
     assert all(900 < len(ps) < 1100 for ps in groups.values())  # about a third each
@@ -109,6 +112,11 @@ class Data:
         self.truth = [[str(i) for i in row] for row in glove.truth[:QUERIES]]
 
 
+def node_call(method: str, url: str, **kwargs) -> httpx.Response:
+    """A request straight to a node, with the admin key."""
+    return httpx.request(method, url, headers={"X-API-Key": ADMIN}, timeout=30, **kwargs)
+
+
 def upsert(client: httpx.Client, ids: list[str], vectors: np.ndarray) -> None:
     for lo in range(0, len(ids), BATCH):
         items = [{"id": i, "vector": v} for i, v in zip(ids[lo : lo + BATCH], vectors[lo : lo + BATCH].tolist())]
@@ -145,12 +153,15 @@ class Harness:
     """The shared cluster, the single node, the data, and `heal()`."""
 
     def __init__(self, tmp, glove):
-        router_env = {"ANNSERVE_SHARD_TIMEOUT_SECONDS": str(TIMEOUT), "ANNSERVE_SHARD_WRITE_TIMEOUT_SECONDS": "3"}
+        router_env = {
+            "ANNSERVE_SHARD_TIMEOUT_SECONDS": str(TIMEOUT), "ANNSERVE_SHARD_WRITE_TIMEOUT_SECONDS": "3", **KEYS
+        }  # fmt: skip
         self.cluster = LocalCluster(
             tmp / "cluster", LAYOUT,
             routers={"router": router_env, "hedged": {**router_env, "ANNSERVE_HEDGE_AFTER_MS": str(HEDGE_MS)}},
+            node_env=KEYS, client_headers={"X-API-Key": ADMIN},
         )  # fmt: skip
-        self.single = ServeProcess(tmp / "single", tmp / "single.log")
+        self.single = ServeProcess(tmp / "single", tmp / "single.log", env=KEYS)
         self.data = Data(glove)
         self.single_client: httpx.Client | None = None
 
@@ -182,6 +193,7 @@ def harness(tmp_path_factory, glove):
     try:
         h.cluster.start()
         h.single_client = h.single.start(timeout=180)
+        h.single_client.headers["X-API-Key"] = ADMIN
         spec = {"name": NAME, "dim": glove.dim, "metric": "cosine", "index": {"kind": "hnswlib"}}
         for client in (h.router, h.single_client):
             r = client.post("/collections", json=spec)
@@ -221,7 +233,7 @@ def test_split_recall_and_rebuild_match_one_node(cluster):
         assert abs(count - len(data.ids) / 3) < 0.06 * len(data.ids), counts  # about a third each
     # Both replicas of shard 1 hold the same items.
     for node in cluster.cluster.nodes[1]:
-        assert httpx.get(f"{node.url}/collections/{NAME}").json()["count"] == counts[1]
+        assert node_call("GET", f"{node.url}/collections/{NAME}").json()["count"] == counts[1]
     listed = cluster.router.get("/collections").json()["collections"]
     assert [(c["name"], c["count"]) for c in listed] == [(NAME, len(data.ids))]
 
@@ -254,7 +266,7 @@ def test_items_go_to_their_owner(cluster):
     # A node refuses a write for an id it does not own, naming the owner.
     stray = owned_by(2, data.ids)[0]
     node0 = cluster.cluster.nodes[0][0]
-    r = httpx.post(f"{node0.url}/collections/{NAME}/vectors",
+    r = node_call("POST", f"{node0.url}/collections/{NAME}/vectors",
                    json={"items": [{"id": stray, "vector": data.base[0].tolist()}]})  # fmt: skip
     assert r.status_code == MISDIRECTED and "shard 2 of 3" in r.json()["detail"], r.text
 
@@ -264,15 +276,22 @@ def test_items_go_to_their_owner(cluster):
     for shard, replicas in enumerate(cluster.cluster.nodes):
         for node in replicas:
             for item_id in new[:10]:
-                status = httpx.get(f"{node.url}/collections/{NAME}/vectors/{item_id}").status_code
+                status = node_call("GET", f"{node.url}/collections/{NAME}/vectors/{item_id}").status_code
                 assert status == (200 if shard_of(item_id, 3) == shard else 404), (shard, node.url, item_id)
     assert router.delete(f"/collections/{NAME}/vectors/{new[0]}").json() == {"deleted": 1}
     assert router.delete(f"/collections/{NAME}/vectors/{new[0]}").status_code == 404
     r = router.post(f"/collections/{NAME}/vectors/delete", json={"ids": [*new, "never-there"]})
     assert r.json() == {"deleted": len(new) - 1}
     for node in cluster.cluster.nodes[shard_of(new[1], 3)]:
-        assert httpx.get(f"{node.url}/collections/{NAME}/vectors/{new[1]}").status_code == 404
+        assert node_call("GET", f"{node.url}/collections/{NAME}/vectors/{new[1]}").status_code == 404
     assert router.get(f"/collections/{NAME}").json()["count"] == len(data.ids)
+
+    # A bad row fails the whole request before any node writes (no shard keeps its part).
+    good, zero = owned_by(0, [f"z-{i}" for i in range(40)])[0], owned_by(2, [f"z-{i}" for i in range(40)])[0]
+    items = [{"id": good, "vector": data.base[0].tolist()}, {"id": zero, "vector": [0.0] * data.base.shape[1]}]
+    r = router.post(f"/collections/{NAME}/vectors", json={"items": items})
+    assert r.status_code == 422 and "non-zero" in r.json()["detail"], r.text
+    assert router.get(f"/collections/{NAME}/vectors/{good}").status_code == 404
 
     # The node's own checks answer through the router, unchanged.
     bad = router.post(f"/collections/{NAME}/search", json={"vector": [1.0] * 3, "k": 10})
@@ -283,23 +302,41 @@ def test_items_go_to_their_owner(cluster):
 
 
 @integration
+def test_router_checks_keys_and_nodes_trust_its_own(cluster):
+    router, data = cluster.cluster.routers["router"], cluster.data
+    body = {"vector": data.queries[0].tolist(), "k": 3}
+    with httpx.Client(base_url=router.url, timeout=30) as anonymous:
+        assert anonymous.post(f"/collections/{NAME}/search", json=body).status_code == 401
+        assert anonymous.get("/readyz").status_code == 200  # probes stay open
+    with httpx.Client(base_url=router.url, timeout=30, headers={"X-API-Key": READ}) as reader:
+        # The read key searches through the router (whose node calls carry its admin key) ...
+        assert reader.post(f"/collections/{NAME}/search", json=body).status_code == 200
+        assert reader.get(f"/collections/{NAME}").status_code == 200
+        # ... and may not write, at the router already.
+        items = {"items": [{"id": "r-1", "vector": data.base[0].tolist()}]}
+        assert reader.post(f"/collections/{NAME}/vectors", json=items).status_code == 403
+    # The nodes themselves are keyed too.
+    assert httpx.get(f"{cluster.cluster.nodes[0][0].url}/collections/{NAME}").status_code == 401
+
+
+@integration
 def test_create_and_delete_converge_on_retry(cluster):
     router = cluster.router
     node0 = cluster.cluster.nodes[0][0]
     spec = {"name": "half", "dim": 8, "metric": "l2", "index": {"kind": "flat"}}
     # As if an earlier create through the router had reached node 0 only.
-    assert httpx.post(f"{node0.url}/collections", json=spec).status_code == 201
+    assert node_call("POST", f"{node0.url}/collections", json=spec).status_code == 201
     r = router.post("/collections", json=spec)
     assert r.status_code == 201, r.text
     assert r.json()["shards"] == len(LAYOUT) and len(r.json()["shard_info"]) == len(LAYOUT)
     assert router.post("/collections", json=spec).status_code == 409  # now it exists everywhere
     clash = {**spec, "name": "clash"}
-    assert httpx.post(f"{node0.url}/collections", json={**clash, "dim": 4}).status_code == 201
+    assert node_call("POST", f"{node0.url}/collections", json={**clash, "dim": 4}).status_code == 201
     r = router.post("/collections", json=clash)
     assert r.status_code == 409 and node0.url in r.json()["detail"], r.text
     assert router.post("/collections", json={**spec, "name": "x", "shards": 5}).status_code == 422
     # A delete that already happened on some nodes.
-    assert httpx.delete(f"{node0.url}/collections/half").status_code == 200
+    assert node_call("DELETE", f"{node0.url}/collections/half").status_code == 200
     assert router.delete("/collections/half").status_code == 200
     assert router.delete("/collections/half").status_code == 404
     assert router.delete("/collections/clash").status_code == 200
@@ -379,7 +416,7 @@ def test_killed_replica_keeps_answers_complete_and_blocks_its_writes(cluster):
     # The failed write may be on the surviving replica only: resending it converges both.
     assert router.post(f"/collections/{NAME}/vectors", json={"items": items}).status_code == 200
     for node in cluster.cluster.nodes[1]:
-        assert httpx.get(f"{node.url}/collections/{NAME}/vectors/{mine[0]}").status_code == 200
+        assert node_call("GET", f"{node.url}/collections/{NAME}/vectors/{mine[0]}").status_code == 200
     router.post(f"/collections/{NAME}/vectors/delete", json={"ids": [*mine[:3], others[0]]})
 
 

@@ -1,8 +1,9 @@
 """The router's FastAPI application (a node started with `ANNSERVE_SHARD_URLS`): no data, no
 collection manager; the node client is opened in the lifespan and closed after it.
 
-It shares the node's error mapping (`{"detail": ...}`, engine errors to 4xx), body limit and
-request metrics middleware; the metrics object (RouterMetrics, `annserve_router_*`), the routes
+It shares the node's error mapping (`{"detail": ...}`, engine errors to 4xx), API keys (the
+same roles, checked at the router; the nodes are called with the router's admin key), body limit
+and request metrics middleware; the metrics object (RouterMetrics, `annserve_router_*`), the routes
 and the search hot path (hot_path.py) are its own.
 """
 
@@ -14,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ..api.app import _add_error_handlers, _version
+from ..api.auth import AuthMiddleware, KeyRing
 from ..api.transport.body_limit import BodyLimitMiddleware
 from ..api.transport.metrics import MetricsMiddleware
 from ..settings import Settings
@@ -54,5 +56,7 @@ def create_router_app(settings: Settings | None = None) -> FastAPI:
     # The last added runs first: metrics see every request, the hot path sits inside the body limit.
     app.add_middleware(RouterHotPath, state=state)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    # The client's key is checked here, as a node checks it; the nodes get the router's own key.
+    app.add_middleware(AuthMiddleware, keys=KeyRing.from_settings(settings))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

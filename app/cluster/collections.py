@@ -40,7 +40,7 @@ def _node(shard: int, url: str) -> str:
     return f"shard {shard} node {url}"
 
 
-async def create(state: RouterState, raw: bytes, headers: dict[str, str]) -> dict:
+async def create(state: RouterState, raw: bytes) -> dict:
     """Create on every node; the aggregated info (see the module docstring for retries)."""
     body = load_object(raw, frozenset(CollectionCreate.model_fields))
     request = CollectionCreate.model_validate(body)  # the node's checks, before any node is asked
@@ -54,7 +54,7 @@ async def create(state: RouterState, raw: bytes, headers: dict[str, str]) -> dic
     wanted = _spec_of(
         {"dim": request.dim, "metric": request.metric, "index": request.index.model_dump()}
     )
-    outcomes = await state.nodes.every_node("POST", "/collections", orjson.dumps(body), headers)
+    outcomes = await state.nodes.every_node("POST", "/collections", orjson.dumps(body))
     created, existed, failures = [], [], []
     for shard, url, outcome in outcomes:
         if isinstance(outcome, str):
@@ -67,7 +67,7 @@ async def create(state: RouterState, raw: bytes, headers: dict[str, str]) -> dic
             raise passed_on(outcome)  # the client's mistake, the same on every node
     # A node that already has it: the same spec is a retry's success, another spec a conflict.
     for shard, url in existed:
-        outcome = await state.nodes.call(shard, url, "GET", _path(request.name), headers=headers)
+        outcome = await state.nodes.call(shard, url, "GET", _path(request.name))
         if isinstance(outcome, str) or outcome.status != 200:
             text = outcome if isinstance(outcome, str) else outcome.detail
             failures.append(f"{_node(shard, url)}: it has collection {request.name!r} but cannot describe it: {text}")
@@ -86,11 +86,11 @@ async def create(state: RouterState, raw: bytes, headers: dict[str, str]) -> dic
     if not created:
         raise HTTPException(409, detail=f"collection {request.name!r} already exists (on every node)")
     state.forget(request.name)
-    return await info(state, request.name, headers)
+    return await info(state, request.name)
 
 
-async def delete(state: RouterState, name: str, headers: dict[str, str]) -> dict:
-    outcomes = await state.nodes.every_node("DELETE", _path(name), headers=headers)
+async def delete(state: RouterState, name: str) -> dict:
+    outcomes = await state.nodes.every_node("DELETE", _path(name))
     state.forget(name)
     deleted, failures, missing = 0, [], None
     for shard, url, outcome in outcomes:
@@ -142,8 +142,8 @@ def aggregate(state: RouterState, parts: list[tuple[int, str, dict]]) -> dict:
     return out
 
 
-async def info(state: RouterState, name: str, headers: dict[str, str]) -> dict:
-    answers = await state.nodes.read_shards(list(state.shards), "GET", _path(name), None, headers, "info")
+async def info(state: RouterState, name: str) -> dict:
+    answers = await state.nodes.read_shards(list(state.shards), "GET", _path(name), None, "info")
     failed = [a for a in answers if isinstance(a, ShardUnavailable)]
     good: list[NodeAnswer] = [a for a in answers if isinstance(a, NodeAnswer)]
     missing = [a for a in good if a.status == 404]
@@ -162,8 +162,8 @@ async def info(state: RouterState, name: str, headers: dict[str, str]) -> dict:
     return {**aggregate(state, [(a.shard, a.url, a.json()) for a in good]), **extra}
 
 
-async def list_all(state: RouterState, headers: dict[str, str]) -> dict:
-    answers = await state.nodes.read_shards(list(state.shards), "GET", "/collections", None, headers, "info")
+async def list_all(state: RouterState) -> dict:
+    answers = await state.nodes.read_shards(list(state.shards), "GET", "/collections", None, "info")
     failed = [a for a in answers if isinstance(a, ShardUnavailable)]
     good = [a for a in answers if isinstance(a, NodeAnswer)]
     for answer in good:

@@ -98,9 +98,11 @@ class NodeClient:
 
     def __init__(
         self, topology: Topology, metrics: RouterMetrics, read_timeout: float, write_timeout: float,
-        hedge_after: float | None,
+        hedge_after: float | None, headers: Mapping[str, str],
     ) -> None:  # fmt: skip
+        """`headers` go with every call (the content type, the router's own key for the nodes)."""
         self.topology, self.metrics = topology, metrics
+        self.headers = list(headers.items())
         self.read_timeout, self.write_timeout, self.hedge_after = read_timeout, write_timeout, hedge_after
         self.pool = NodePool()
         self._replicas = {shard.index: _Replicas(shard.replicas) for shard in topology.shards}
@@ -125,15 +127,14 @@ class NodeClient:
     # ---- one call ----
 
     async def _send(
-        self, shard: int, url: str, method: str, path: str, content: bytes | None,
-        headers: Mapping[str, str] | None, timeout: float,
-    ) -> NodeAnswer:  # fmt: skip
+        self, shard: int, url: str, method: str, path: str, content: bytes | None, timeout: float
+    ) -> NodeAnswer:
         target = self._urls.get((url, path))
         if target is None:  # parsed once: search paths repeat (item paths are many: the cache is reset)
             if len(self._urls) >= URL_CACHE:
                 self._urls.clear()
             target = self._urls[(url, path)] = httpx.URL(url + path)
-        status, body = await self.pool.request(method, target, (headers or {}).items(), content, timeout)
+        status, body = await self.pool.request(method, target, self.headers, content, timeout)
         return NodeAnswer(shard, url, status, body)
 
     def _failed(self, shard: int, url: str, outcome: BaseException | NodeAnswer, waited: float) -> str:
@@ -153,9 +154,8 @@ class NodeClient:
     # ---- reads: one replica of a shard ----
 
     async def read(
-        self, shard: ShardNodes, method: str, path: str, content: bytes | None = None,
-        headers: Mapping[str, str] | None = None, operation: str = "search",
-    ) -> NodeAnswer:  # fmt: skip
+        self, shard: ShardNodes, method: str, path: str, content: bytes | None = None, operation: str = "search"
+    ) -> NodeAnswer:
         """The first good answer of a replica of `shard` (see the module docstring), or
         ShardUnavailable at the deadline / when every replica failed."""
         loop = asyncio.get_running_loop()
@@ -171,7 +171,7 @@ class NodeClient:
             nonlocal asked
             url = order[asked]
             asked += 1
-            request = self._send(shard.index, url, method, path, content, headers, deadline - loop.time())
+            request = self._send(shard.index, url, method, path, content, deadline - loop.time())
             pending[asyncio.ensure_future(request)] = (url, loop.time())
 
         ask()
@@ -215,13 +215,13 @@ class NodeClient:
 
     async def read_shards(
         self, shards: list[ShardNodes], method: str, path: str, contents: list[bytes | None] | bytes | None,
-        headers: Mapping[str, str] | None = None, operation: str = "search",
-    ) -> list[NodeAnswer | ShardUnavailable]:  # fmt: skip
+        operation: str = "search",
+    ) -> list[NodeAnswer | ShardUnavailable]:
         """`read` on each of `shards` concurrently (`contents`: one body for all, or one each);
         a shard that no replica answered comes back as its ShardUnavailable."""
         if not isinstance(contents, list):
             contents = [contents] * len(shards)
-        calls = [self.read(s, method, path, c, headers, operation) for s, c in zip(shards, contents)]
+        calls = [self.read(s, method, path, c, operation) for s, c in zip(shards, contents)]
         out = await asyncio.gather(*calls, return_exceptions=True)
         for result in out:
             if isinstance(result, BaseException) and not isinstance(result, ShardUnavailable):
@@ -231,15 +231,14 @@ class NodeClient:
     # ---- writes: every replica of a shard ----
 
     async def write(
-        self, shard: ShardNodes, method: str, path: str, content: bytes | None = None,
-        headers: Mapping[str, str] | None = None, operation: str = "write",
-    ) -> list[NodeAnswer]:  # fmt: skip
+        self, shard: ShardNodes, method: str, path: str, content: bytes | None = None, operation: str = "write"
+    ) -> list[NodeAnswer]:
         """Every replica's answer (status < 500), in replica order; ShardUnavailable naming the
         replicas that did not acknowledge (the others may have applied the write)."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         calls = [
-            self._send(shard.index, url, method, path, content, headers, self.write_timeout)
+            self._send(shard.index, url, method, path, content, self.write_timeout)
             for url in shard.replicas
         ]
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
@@ -260,14 +259,14 @@ class NodeClient:
 
     async def call(
         self, shard: int, url: str, method: str, path: str, content: bytes | None = None,
-        headers: Mapping[str, str] | None = None, timeout: float | None = None,
+        timeout: float | None = None,
     ) -> NodeAnswer | str:  # fmt: skip
         """One call to one node (`write_timeout` unless given): its answer, or what went wrong."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         timeout = self.write_timeout if timeout is None else timeout
         try:
-            outcome: BaseException | NodeAnswer = await self._send(shard, url, method, path, content, headers, timeout)
+            outcome: BaseException | NodeAnswer = await self._send(shard, url, method, path, content, timeout)
         except (httpx.HTTPError, OSError) as exc:
             outcome = exc
         if isinstance(outcome, NodeAnswer) and outcome.status < 500:
@@ -276,11 +275,10 @@ class NodeClient:
         return self._failed(shard, url, outcome, loop.time() - start)
 
     async def every_node(
-        self, method: str, path: str, content: bytes | None = None,
-        headers: Mapping[str, str] | None = None, timeout: float | None = None,
-    ) -> list[tuple[int, str, NodeAnswer | str]]:  # fmt: skip
+        self, method: str, path: str, content: bytes | None = None, timeout: float | None = None
+    ) -> list[tuple[int, str, NodeAnswer | str]]:
         """The same call to every node of every shard concurrently: (shard, url, answer or the
         error as text), in topology order. Nothing raises for a node that failed."""
         nodes = self.topology.nodes
-        calls = [self.call(s, url, method, path, content, headers, timeout) for s, url in nodes]
+        calls = [self.call(s, url, method, path, content, timeout) for s, url in nodes]
         return [(s, url, outcome) for (s, url), outcome in zip(nodes, await asyncio.gather(*calls))]

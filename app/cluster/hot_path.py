@@ -16,10 +16,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..api.error_mapping import error_answer
 from .search import answer_batch, answer_search
-from .state import FORWARDED_HEADERS, JSON, RouterState
+from .state import RouterState
 
 _PREFIX = "/collections/"
-_FORWARDED = frozenset(name.encode() for name in FORWARDED_HEADERS)
 
 
 class _Route(NamedTuple):
@@ -50,10 +49,8 @@ class RouterHotPath:
         await self.app(scope, receive, send)
 
     async def _answer(self, suffix: str, name: str, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = {k.decode(): v.decode() for k, v in scope["headers"] if k in _FORWARDED}
-        headers.update(JSON)
         try:
-            status, content = 200, await _ANSWERS[suffix](self.state, name, await _read_body(receive), headers)
+            status, content = 200, await _ANSWERS[suffix](self.state, name, await _read_body(receive))
         except _Disconnected:
             return
         except Exception as exc:  # noqa: BLE001 - every error is answered, as the app's handlers do

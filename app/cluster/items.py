@@ -17,8 +17,9 @@ from starlette.exceptions import HTTPException
 
 from ..api.routes.vectors import parse_items
 from ..api.transport.parsing import load_object
+from ..engine.inputs import check_vectors
 from .fanout import NodeAnswer, ShardUnavailable
-from .ownership import positions_by_owner, shard_of
+from .ownership import positions_by_shard, shard_of
 from .search import b64
 from .state import RouterState, passed_on
 
@@ -30,12 +31,15 @@ def _vectors_path(name: str, item_id: str | None = None) -> str:
     return path if item_id is None else f"{path}/{quote(item_id, safe='')}"
 
 
-async def upsert(state: RouterState, name: str, raw: bytes, headers: dict[str, str]) -> dict:
+async def upsert(state: RouterState, name: str, raw: bytes) -> dict:
     """`{"upserted": n}` once every replica of every owning shard has acknowledged."""
     body = load_object(raw, UPSERT_FIELDS)
-    spec = await state.spec(name, headers)
+    spec = await state.spec(name)
     ids, vectors, payloads = parse_items(body.get("items"), spec.dim, state.settings.max_upsert_batch)
-    groups = positions_by_owner(ids, len(state.shards))
+    # The engine's own checks (norm cap, no all-zero cosine rows) before any node writes, so that a
+    # bad row fails the whole request rather than the shards it belongs to.
+    check_vectors(vectors, spec.dim, spec.metric, name, "items[].vector")
+    groups = positions_by_shard(ids, len(state.shards))
     bodies = {}
     for shard, positions in groups.items():
         items = []
@@ -46,47 +50,47 @@ async def upsert(state: RouterState, name: str, raw: bytes, headers: dict[str, s
             items.append(item)
         bodies[shard] = orjson.dumps({"items": items})
     path = _vectors_path(name)
-    outcomes = await _per_shard(state, {s: ("POST", path, body) for s, body in bodies.items()}, headers)
+    outcomes = await _per_shard(state, {s: ("POST", path, body) for s, body in bodies.items()})
     return {"upserted": sum(answers[0].json()["upserted"] for answers in outcomes.values())}
 
 
-async def delete_many(state: RouterState, name: str, ids: list[str], headers: dict[str, str]) -> dict:
+async def delete_many(state: RouterState, name: str, ids: list[str]) -> dict:
     """`{"deleted": n}`: ids that existed, counted on the replica that found most (replicas agree
     unless an earlier write failed half-way)."""
     unique = list(dict.fromkeys(ids))
-    groups = positions_by_owner(unique, len(state.shards))
+    groups = positions_by_shard(unique, len(state.shards))
     path = f"{_vectors_path(name)}/delete"
     calls = {s: ("POST", path, orjson.dumps({"ids": [unique[p] for p in ps]})) for s, ps in groups.items()}
-    outcomes = await _per_shard(state, calls, headers)
+    outcomes = await _per_shard(state, calls)
     return {"deleted": sum(max(a.json()["deleted"] for a in answers) for answers in outcomes.values())}
 
 
-async def delete_one(state: RouterState, name: str, item_id: str, headers: dict[str, str]) -> dict:
+async def delete_one(state: RouterState, name: str, item_id: str) -> dict:
     """`{"deleted": 1}` when any replica of the owner had the item, else its 404."""
     shard = state.shards[shard_of(item_id, len(state.shards))]
-    answers = await state.nodes.write(shard, "DELETE", _vectors_path(name, item_id), headers=headers)
+    answers = await state.nodes.write(shard, "DELETE", _vectors_path(name, item_id))
     if any(a.status == 200 for a in answers):
         return {"deleted": 1}
     raise passed_on(answers[0])
 
 
-async def get(state: RouterState, name: str, item_id: str, headers: dict[str, str]) -> bytes:
+async def get(state: RouterState, name: str, item_id: str) -> bytes:
     """The owner's answer body (`{"id", "vector", "payload"}`), as the node wrote it."""
     shard = state.shards[shard_of(item_id, len(state.shards))]
-    answer = await state.nodes.read(shard, "GET", _vectors_path(name, item_id), headers=headers, operation="get")
+    answer = await state.nodes.read(shard, "GET", _vectors_path(name, item_id), operation="get")
     if answer.status != 200:
         raise passed_on(answer)
     return answer.content
 
 
 async def _per_shard(
-    state: RouterState, calls: dict[int, tuple[str, str, bytes]], headers: dict[str, str]
+    state: RouterState, calls: dict[int, tuple[str, str, bytes]]
 ) -> dict[int, list[NodeAnswer]]:
     """One write per shard, all shards at once: {shard: every replica's 200 answer}. When a
     shard failed or refused, the error names it and says which shards did write."""
     shards = list(calls)
     outcomes = await asyncio.gather(
-        *(state.nodes.write(state.shards[s], *calls[s], headers=headers) for s in shards),
+        *(state.nodes.write(state.shards[s], *calls[s]) for s in shards),
         return_exceptions=True,
     )
     written, failures, refusals = {}, [], []

@@ -39,9 +39,9 @@ def decode(job_id: str, n_nodes: int) -> list[str | None]:
     return [None if p == NO_PART else p for p in parts]
 
 
-async def start_rebuild(state: RouterState, name: str, headers: dict[str, str]) -> dict:
+async def start_rebuild(state: RouterState, name: str) -> dict:
     path = f"/collections/{quote(name, safe='')}/rebuild"
-    outcomes = await state.nodes.every_node("POST", path, b"{}", headers)
+    outcomes = await state.nodes.every_node("POST", path, b"{}")
     parts: list[str | None] = []
     failures, busy, missing = [], [], []
     for shard, url, outcome in outcomes:
@@ -69,13 +69,13 @@ async def start_rebuild(state: RouterState, name: str, headers: dict[str, str]) 
     return {"job_id": encode(parts)}
 
 
-async def job(state: RouterState, job_id: str, headers: dict[str, str]) -> dict:
+async def job(state: RouterState, job_id: str) -> dict:
     nodes = state.topology.nodes
     parts = decode(job_id, len(nodes))
     mine = [(shard, url, part) for (shard, url), part in zip(nodes, parts) if part is not None]
     timeout = state.settings.shard_timeout_seconds
     outcomes = await asyncio.gather(
-        *(state.nodes.call(shard, url, "GET", f"/jobs/{part}", headers=headers, timeout=timeout)
+        *(state.nodes.call(shard, url, "GET", f"/jobs/{part}", timeout=timeout)
           for shard, url, part in mine)
     )  # fmt: skip
     details: list[dict[str, Any]] = []

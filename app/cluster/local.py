@@ -16,17 +16,21 @@ import httpx
 from ..bench.server_process import ServeProcess
 
 START_TIMEOUT = 180.0  # seconds for a process to be ready (a loaded 2-core machine is slow to start)
+# Processes started at once: each start is mostly imports (CPU); more at once only makes each wait longer.
+PARALLEL_STARTS = 4
 
 
 class LocalCluster:
     """`layout[i]` replicas of shard i under `root` (a data directory each), and routers named
-    by `routers` ({name: extra environment}). `stop()` always stops every process."""
+    by `routers` ({name: extra environment}); `node_env` is added to every node's environment.
+    `stop()` always stops every process."""
 
     def __init__(
         self, root: Path, layout: tuple[int, ...], routers: dict[str, dict[str, str]] | None = None,
-        node_env: dict[str, str] | None = None,
+        node_env: dict[str, str] | None = None, client_headers: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
         self.root, self.layout = Path(root), tuple(layout)
+        self.client_headers = dict(client_headers or {})  # e.g. the API key the routers' clients send
         count = len(layout)
         self.nodes: list[list[ServeProcess]] = [
             [
@@ -72,7 +76,7 @@ class LocalCluster:
         # Starting is mostly waiting (imports, /readyz): in parallel. Two processes started at
         # once can be handed the same free port; the loser fails to bind, but its /readyz poll
         # may reach the winner. So every process on a shared port is restarted, one at a time.
-        with ThreadPoolExecutor(max(len(processes), 1)) as pool:
+        with ThreadPoolExecutor(min(max(len(processes), 1), PARALLEL_STARTS)) as pool:
             clients = dict(zip(processes, pool.map(lambda p: p.start(timeout=timeout), processes)))
         everyone = [*self.all_nodes, *self.routers.values()]
         shared = [p for p in processes if any(o is not p and o.url == p.url for o in everyone)]
@@ -84,6 +88,7 @@ class LocalCluster:
         for process, client in clients.items():
             name = next((n for n, r in self.routers.items() if r is process), None)
             if name is not None:
+                client.headers.update(self.client_headers)
                 self.clients[name] = client
             else:
                 client.close()

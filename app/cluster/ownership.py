@@ -1,7 +1,7 @@
 """Which shard owns an id, for routers (where to send it) and shard nodes (what to refuse).
 
-The rule is the engine's own `shard_of` (crc32 of the UTF-8 id), imported, never restated: a
-router and a node that disagreed on it would lose items.
+The rule is the engine's own (engine/routing.py: crc32 of the UTF-8 id), imported, never
+restated: a router and a node that disagreed on it would lose items.
 """
 
 from __future__ import annotations
@@ -10,23 +10,12 @@ from collections.abc import Sequence
 
 from starlette.exceptions import HTTPException
 
-try:  # the engine's routing rule moves to engine/routing.py when shard.py is split
-    from ..engine.routing import shard_of
-except ImportError:  # pragma: no cover - until then it lives in shard.py
-    from ..engine.shard import shard_of
+from ..engine.routing import positions_by_shard, shard_of
 
 # 421 Misdirected Request: the right answer comes from another node, and this one says which.
 MISDIRECTED = 421
 
-__all__ = ["MISDIRECTED", "check_owned", "positions_by_owner", "shard_of"]
-
-
-def positions_by_owner(ids: Sequence[str], n_shards: int) -> dict[int, list[int]]:
-    """{shard: positions in `ids` of the ids it owns}, shards in ascending order."""
-    groups: dict[int, list[int]] = {}
-    for pos, item_id in enumerate(ids):
-        groups.setdefault(shard_of(item_id, n_shards), []).append(pos)
-    return dict(sorted(groups.items()))
+__all__ = ["MISDIRECTED", "check_owned", "positions_by_shard", "shard_of"]
 
 
 def check_owned(ids: Sequence[str], shard_index: int | None, shard_count: int | None) -> None:

@@ -33,7 +33,7 @@ from ..api.schemas import (
 from ..api.transport.parsing import dumps
 from ..api.transport.raw_body import JsonBody, raw_body
 from . import collections, items, jobs, search
-from .state import forwarded, state_of
+from .state import state_of
 
 router = APIRouter()
 Name = Annotated[str, Path(description="collection name")]
@@ -51,7 +51,7 @@ _SHARD_ERRORS = error_responses(404, 413, 422, 503)
 async def search_one(request: Request, name: Name):
     """The k nearest items over every shard; `"allow_partial": true` answers without a shard that
     is down (`partial`, `failed_shards`) instead of 503."""
-    return dumps(await search.answer_search(state_of(request), name, await request.body(), forwarded(request)))
+    return dumps(await search.answer_search(state_of(request), name, await request.body()))
 
 
 @router.post(
@@ -59,7 +59,7 @@ async def search_one(request: Request, name: Name):
     responses=_SHARD_ERRORS, openapi_extra=raw_body(BatchSearchRequest),
 )  # fmt: skip
 async def search_batch(request: Request, name: Name):
-    return dumps(await search.answer_batch(state_of(request), name, await request.body(), forwarded(request)))
+    return dumps(await search.answer_batch(state_of(request), name, await request.body()))
 
 
 # ---- vectors ------------------------------------------------------------------------------
@@ -71,7 +71,7 @@ async def search_batch(request: Request, name: Name):
 )  # fmt: skip
 async def upsert_vectors(request: Request, name: Name):
     """Each item to every replica of its owner shard; 200 once all of them acknowledged."""
-    return dumps(await items.upsert(state_of(request), name, await request.body(), forwarded(request)))
+    return dumps(await items.upsert(state_of(request), name, await request.body()))
 
 
 @router.post(
@@ -81,7 +81,7 @@ async def upsert_vectors(request: Request, name: Name):
 async def delete_vectors(
     request: Request, name: Name, body: Annotated[DeleteIdsRequest, JsonBody(DeleteIdsRequest)]
 ):
-    return dumps(await items.delete_many(state_of(request), name, body.ids, forwarded(request)))
+    return dumps(await items.delete_many(state_of(request), name, body.ids))
 
 
 @router.get(
@@ -89,7 +89,7 @@ async def delete_vectors(
     responses=error_responses(404, 503),
 )  # fmt: skip
 async def get_vector(request: Request, name: Name, item_id: str = ItemId):
-    content = await items.get(state_of(request), name, item_id, forwarded(request, json_body=False))
+    content = await items.get(state_of(request), name, item_id)
     return Response(content, media_type="application/json")
 
 
@@ -98,7 +98,7 @@ async def get_vector(request: Request, name: Name, item_id: str = ItemId):
     responses=error_responses(404, 503),
 )  # fmt: skip
 async def delete_vector(request: Request, name: Name, item_id: str = ItemId):
-    return dumps(await items.delete_one(state_of(request), name, item_id, forwarded(request, json_body=False)))
+    return dumps(await items.delete_one(state_of(request), name, item_id))
 
 
 # ---- collections and jobs -----------------------------------------------------------------
@@ -110,13 +110,13 @@ async def delete_vector(request: Request, name: Name, item_id: str = ItemId):
 )  # fmt: skip
 async def create_collection(request: Request):
     """Create the collection on every node (one shard per entry of ANNSERVE_SHARD_URLS)."""
-    info = await collections.create(state_of(request), await request.body(), forwarded(request))
+    info = await collections.create(state_of(request), await request.body())
     return dumps(info, status_code=201)
 
 
 @router.get("/collections", tags=["collections"], response_model=CollectionList, responses=error_responses(503))
 async def list_collections(request: Request):
-    return dumps(await collections.list_all(state_of(request), forwarded(request, json_body=False)))
+    return dumps(await collections.list_all(state_of(request)))
 
 
 @router.get(
@@ -124,7 +124,7 @@ async def list_collections(request: Request):
 )
 async def get_collection(request: Request, name: Name):
     """Counts summed over the shards; `shard_info` has each shard's."""
-    return dumps(await collections.info(state_of(request), name, forwarded(request, json_body=False)))
+    return dumps(await collections.info(state_of(request), name))
 
 
 @router.delete(
@@ -132,7 +132,7 @@ async def get_collection(request: Request, name: Name):
     responses=error_responses(404, 503),
 )  # fmt: skip
 async def delete_collection(request: Request, name: Name):
-    return dumps(await collections.delete(state_of(request), name, forwarded(request, json_body=False)))
+    return dumps(await collections.delete(state_of(request), name))
 
 
 @router.post(
@@ -141,13 +141,13 @@ async def delete_collection(request: Request, name: Name):
 )  # fmt: skip
 async def rebuild_collection(request: Request, name: Name):
     """Start a rebuild on every node; `GET /jobs/{job_id}` follows all of them as one job."""
-    accepted = await jobs.start_rebuild(state_of(request), name, forwarded(request))
+    accepted = await jobs.start_rebuild(state_of(request), name)
     return dumps(accepted, status_code=202)
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"], response_model=JobInfo, responses=error_responses(404))
 async def get_job(request: Request, job_id: str):
-    return dumps(await jobs.job(state_of(request), job_id, forwarded(request, json_body=False)))
+    return dumps(await jobs.job(state_of(request), job_id))
 
 
 # ---- health -------------------------------------------------------------------------------

@@ -49,11 +49,11 @@ def allow_partial(body: dict[str, Any], settings: Settings) -> bool:
     return value
 
 
-async def answer_search(state: RouterState, name: str, raw: bytes, headers: dict[str, str]) -> dict:
+async def answer_search(state: RouterState, name: str, raw: bytes) -> dict:
     body = load_object(raw, SEARCH_FIELDS)
     partial_ok = allow_partial(body, state.settings)
     k = get_k(body, state.settings.max_k)
-    spec = await state.spec(name, headers)
+    spec = await state.spec(name)
     if "vector" in body:
         body["vector_b64"] = b64(vector_from_list(body.pop("vector"), spec.dim))
     shards = state.shards
@@ -64,7 +64,7 @@ async def answer_search(state: RouterState, name: str, raw: bytes, headers: dict
         owner = shard_of(item_id, len(shards))
         got = await state.nodes.read(
             shards[owner], "GET", f"/collections/{quote(name, safe='')}/vectors/{quote(item_id, safe='')}",
-            headers=headers, operation="get",
+            operation="get",
         )  # fmt: skip
         if got.status != 200:
             raise passed_on(got)
@@ -75,20 +75,20 @@ async def answer_search(state: RouterState, name: str, raw: bytes, headers: dict
     else:
         contents = orjson.dumps(body)
     path = f"/collections/{quote(name, safe='')}/search"
-    answers = await state.nodes.read_shards(list(shards), "POST", path, contents, headers)
+    answers = await state.nodes.read_shards(list(shards), "POST", path, contents)
     bodies, extra = shard_bodies(state, answers, partial_ok)
     return {"results": merge_hits([b["results"] for b in bodies], k, spec.metric), **extra}
 
 
-async def answer_batch(state: RouterState, name: str, raw: bytes, headers: dict[str, str]) -> dict:
+async def answer_batch(state: RouterState, name: str, raw: bytes) -> dict:
     body = load_object(raw, BATCH_FIELDS)
     partial_ok = allow_partial(body, state.settings)
     k = get_k(body, state.settings.max_k)
-    spec = await state.spec(name, headers)
+    spec = await state.spec(name)
     if "vectors" in body and "vectors_b64" not in body:
         body["vectors_b64"] = b64(vectors_from_lists(body.pop("vectors"), spec.dim))
     path = f"/collections/{quote(name, safe='')}/search/batch"
-    answers = await state.nodes.read_shards(list(state.shards), "POST", path, orjson.dumps(body), headers)
+    answers = await state.nodes.read_shards(list(state.shards), "POST", path, orjson.dumps(body))
     bodies, extra = shard_bodies(state, answers, partial_ok)
     rows = zip(*(b["results"] for b in bodies))
     return {"results": [merge_hits(list(row), k, spec.metric) for row in rows], **extra}

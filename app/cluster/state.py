@@ -15,14 +15,12 @@ from urllib.parse import quote
 from fastapi import Request
 from starlette.exceptions import HTTPException
 
+from ..api.auth import forward_headers
 from ..settings import Settings
 from .fanout import NodeAnswer, NodeClient
 from .topology import ShardNodes, Topology
 
 SPEC_TTL_SECONDS = 5.0
-# Headers passed on to the nodes: the client's key is checked by every node it reaches.
-FORWARDED_HEADERS = ("x-api-key", "authorization")
-JSON = {"content-type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -36,7 +34,10 @@ class RouterState:
         self.settings, self.topology = settings, topology
         hedge = settings.hedge_after_ms / 1000 if settings.hedge_after_ms > 0 else None
         self.nodes: NodeClient | None = None  # made in the app's lifespan (it needs the event loop)
-        self._node_args = (settings.shard_timeout_seconds, settings.shard_write_timeout_seconds, hedge)
+        # The router checks the client's key itself (api/auth.py) and calls the nodes with its own
+        # admin key: a node trusts what its routers checked, and a client's key never travels on.
+        headers = {"content-type": "application/json", **forward_headers(settings)}
+        self._node_args = (settings.shard_timeout_seconds, settings.shard_write_timeout_seconds, hedge, headers)
         self._specs: dict[str, tuple[Spec, float]] = {}
 
     def open(self, metrics) -> None:
@@ -46,15 +47,13 @@ class RouterState:
     def shards(self) -> tuple[ShardNodes, ...]:
         return self.topology.shards
 
-    async def spec(self, name: str, headers: dict[str, str]) -> Spec:
+    async def spec(self, name: str) -> Spec:
         """dim and metric of collection `name` (cached); the node's 404 when it does not exist."""
         cached = self._specs.get(name)
         now = time.monotonic()
         if cached is not None and now - cached[1] < SPEC_TTL_SECONDS:
             return cached[0]
-        answer = await self.nodes.read(
-            self.shards[0], "GET", f"/collections/{quote(name, safe='')}", headers=headers, operation="info"
-        )
+        answer = await self.nodes.read(self.shards[0], "GET", f"/collections/{quote(name, safe='')}", operation="info")
         if answer.status != 200:
             self.forget(name)
             raise passed_on(answer)
@@ -65,14 +64,6 @@ class RouterState:
 
     def forget(self, name: str) -> None:
         self._specs.pop(name, None)
-
-
-def forwarded(request: Request, json_body: bool = True) -> dict[str, str]:
-    """The headers of the node calls made for `request`."""
-    headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
-    if json_body:
-        headers.update(JSON)
-    return headers
 
 
 def passed_on(answer: NodeAnswer) -> HTTPException:
