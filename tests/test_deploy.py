@@ -163,6 +163,10 @@ def test_workloads_probes_resources_and_scraping(node_paths, router_paths):
         # Every label selector selects this workload's pods.
         labels = pod["metadata"]["labels"]
         assert workload["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        # Both tiers read the same keys: the router checks the client's and calls the nodes with the admin key.
+        secrets = {source["secretRef"]["name"] for source in container["envFrom"] if "secretRef" in source}
+        assert secrets == {"annserve-keys"}
+        assert set(resource("Secret", "annserve-keys")["stringData"]) >= {"ANNSERVE_ADMIN_API_KEY", "ANNSERVE_API_KEY"}
         mounts = {m["name"] for m in container["volumeMounts"]}
         volumes = {v["name"] for v in pod["spec"].get("volumes", [])}
         claims = {c["metadata"]["name"] for c in workload["spec"].get("volumeClaimTemplates", [])}
