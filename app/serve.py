@@ -22,6 +22,9 @@ def run(overrides: dict[str, Any]) -> None:
     from .api.app import create_app
     if settings.shard_urls:  # a router over shard nodes (app/cluster/): it holds no data
         from .cluster.app import create_router_app as create_app
+    from .api.auth import warn_if_open
+
+    warn_if_open(settings)
 
     sys.setswitchinterval(settings.gil_switch_interval_seconds)  # the loop gets the GIL back soon
     uvicorn.run(

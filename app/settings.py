@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -48,6 +48,14 @@ class Settings(BaseSettings):
     # (sys.setswitchinterval; Python's default 0.005). Large bodies are parsed in a thread in
     # short steps; this bounds how long the loop may wait for the GIL between them.
     gil_switch_interval_seconds: float = Field(0.0005, gt=0)
+    # A payload's JSON text and nesting (objects and lists inside each other); 422 above them.
+    max_payload_bytes: int = Field(64 * 1024, ge=64)
+    max_payload_depth: int = Field(32, ge=1)
+
+    # API keys (api/auth.py): comma-separated, several per role for rotation; never logged.
+    admin_api_key: SecretStr | None = None
+    api_key: SecretStr | None = None
+    metrics_api_key: SecretStr | None = None
 
     # ---- cluster (app/cluster/) ----
     # Set: this process is a router over these nodes (shards by ',', replicas of a shard by '|').

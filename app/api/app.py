@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .auth import AuthMiddleware, KeyRing, add_security
 from .routes import api_router
 from .transport.batching import SearchBatcher
 from .transport.body_limit import BodyLimitMiddleware
@@ -82,6 +83,8 @@ def create_app(settings: Settings | None = None, hot_path: bool = True) -> FastA
     if hot_path:
         app.add_middleware(HotPathMiddleware, state=app.state)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    # Keys are checked before a body byte is read, for every route the hot path included.
+    app.add_middleware(AuthMiddleware, keys=KeyRing.from_settings(settings))
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.openapi = lambda: _openapi(app)
     return app
@@ -178,5 +181,5 @@ def _openapi(app: FastAPI) -> dict:
                 components.setdefault("ErrorDetail", ErrorDetail.model_json_schema())
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
-        app.openapi_schema = schema
+        app.openapi_schema = add_security(schema)
     return app.openapi_schema
