@@ -43,7 +43,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         409: "conflicts with the current state",
         413: "request body above the configured limit",
         422: "invalid input",
-        503: "not ready",
+        503: "not ready, or a storage fault (an I/O error, a read-only or damaged file)",
+        507: "the disk or a quota is full: the write was not made durable",
     }
     return {code: {"model": ErrorDetail, "description": text[code]} for code in codes}
 

@@ -44,7 +44,7 @@ _ITEM_FIELDS = frozenset({"id", "vector", "vector_b64", "payload"})
 @router.post(
     "",
     response_model=UpsertResponse,
-    responses=error_responses(404, 413, 422),
+    responses=error_responses(404, 413, 422, 503, 507),
     openapi_extra=raw_body(UpsertRequest),
 )
 async def upsert_vectors(request: Request, collection: CollectionDep, settings: SettingsDep):
@@ -144,7 +144,7 @@ async def get_vector(collection: CollectionDep, item_id: str = ItemId):
     return dumps({"id": item_id, "vector": vector, "payload": payload})
 
 
-@router.delete("/{item_id:path}", response_model=DeletedCount, responses=error_responses(404))
+@router.delete("/{item_id:path}", response_model=DeletedCount, responses=error_responses(404, 503, 507))
 async def delete_vector(collection: CollectionDep, item_id: str = ItemId):
     if await run_in_threadpool(collection.delete, [item_id]) == 0:
         raise NotFound(f"vector {item_id!r} not found in collection {collection.name!r}")
@@ -155,7 +155,7 @@ async def delete_vector(collection: CollectionDep, item_id: str = ItemId):
 @router.post(
     "/delete",
     response_model=DeletedCount,
-    responses=error_responses(404, 413, 422),
+    responses=error_responses(404, 413, 422, 503, 507),
     openapi_extra=raw_body(DeleteIdsRequest),
 )
 async def delete_vectors(
