@@ -70,3 +70,11 @@ def wait_job(client, job_id: str, timeout: float = 120.0) -> dict:
             return job
         assert time.monotonic() < deadline, job
         time.sleep(0.05)
+
+
+def wait_ready(client, timeout: float = 30.0) -> None:
+    """Poll /readyz (an httpx or TestClient client) until it answers 200; fails the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/readyz").text
+        time.sleep(0.02)
