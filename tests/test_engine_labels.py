@@ -11,6 +11,7 @@ import pytest
 
 from annserve.engine.labels import MIN_DEAD_TO_COMPACT, LabelMap
 from annserve.engine.merge import Candidates, brute_force, merge_hits, top_k
+from annserve.engine.shard import SnapshotNames
 from annserve.indexes import brute_force_knn
 
 
@@ -78,8 +79,7 @@ def test_readers_see_consistent_views_while_a_writer_appends_and_kills():
 
 
 def test_merge_is_best_first_ties_by_id_and_leaves_out_the_excluded():
-    names = {1: "b", 2: "a", 3: "c", 4: "d", 10: "z"}
-    ids = lambda labels: [names[x] for x in labels.tolist()]  # noqa: E731
+    ids = SnapshotNames({1: "b", 2: "a", 3: "c", 4: "d", 10: "z"})
     main = Candidates(np.array([[1, 3, -1]]), np.array([[0.9, 0.5, -np.inf]], dtype=np.float32), ids)
     fresh = Candidates(np.array([[2, 4]]), np.array([[0.9, 0.7]], dtype=np.float32), ids)
     assert merge_hits([main, fresh], 3, "ip") == [[("a", pytest.approx(0.9)), ("b", pytest.approx(0.9)), ("d", pytest.approx(0.7))]]

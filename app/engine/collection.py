@@ -1,43 +1,59 @@
-"""A collection: its spec (collection.json), its shards, input checks, and the fan-out of writes
-and searches to the shards with a top-k merge.
+"""A collection: its spec (collection.json), its shards, and the fan-out of writes and searches
+to the shards, with one merge of every shard's candidates.
+
+A search is checked and normalised once here (inputs.prepare_queries), its parameters resolved
+once against the collection's index kind, and the prepared array goes as it is to main and
+fresh of every shard; their label arrays are merged once (merge.merge_hits), and only the final
+k labels per query become ids.
 
 Layout on disk: `<data_dir>/collections/<name>/collection.json` and `shard-<i>/` per shard
-(see app/shard.py for what a shard directory holds).
+(see shard.py for what a shard directory holds).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import os
+import shutil
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
 from concurrent.futures import Executor
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
 from ..indexes import Index, create_index
-from ..indexes.base import check_finite
+from ..settings import Settings
 
 from .auto import AUTO, EMPTY_KIND, pick_kind
+from .build import check_stop
 from .errors import NotFound
-from ..settings import Settings
-from .shard import NewMain, Shard, best_k, shard_of, write_durably
+from .files import write_durably
+from .inputs import (  # noqa: F401 - MAX_ID_CHARS: the HTTP layer's schemas import it from here
+    MAX_ID_CHARS, check_exclude, check_ids, check_k, check_vectors, is_storable_id, payload_texts,
+    prepare_queries,
+)
+from .merge import Candidates, Hits, merge_hits
+from .payload_limits import check_payload_limits
+from .recall import RecallMonitor, RecallSampler, check_policy
+from .routing import positions_by_shard, shard_of
+from .shard import SearchParams, Shard, install_together
+from .stats import CollectionStats, RebuildRefused
+from .threads import as_search_thread
 
-# One query's answer as the engine gives it out: (id, score) best first.
-Hits = list[tuple[str, float]]
+__all__ = ["Collection", "CollectionSpec", "Hits", "SPEC_FILE"]
+
+log = logging.getLogger(__name__)
 
 SPEC_FILE = "collection.json"
 SPEC_FORMAT = 1
-MAX_ID_CHARS = 256
-# Largest Euclidean norm of a stored or query vector. Scores are float32: with both vectors
-# under this norm an inner product stays below 1e36 and a squared L2 distance below 4e36, far
-# from float32's 3.4e38. Above it a score overflows to inf, which JSON cannot carry and which
-# the indexes treat as "no result".
-MAX_NORM = 1e18
 # A rebuild compacts deleted items away once tombstones pass this share of main (and this
 # count): past it, main spends memory and over-fetch work on items that no longer exist.
 TOMBSTONE_SHARE = 0.25
@@ -55,6 +71,13 @@ class CollectionSpec:
     params: dict[str, Any] = field(default_factory=dict)
     shards: int = 1
     created_at: str = ""
+    # Online recall (recall.py, tuning.py): the figure to meet, the floor a rebuilt main must
+    # reach to be swapped in (0: no gate), whether to re-tune after every rebuild, and the
+    # search parameters in force (tuned or set; a request's own params override them).
+    recall_target: float = 0.95
+    recall_floor: float = 0.0
+    auto_tune: bool = False
+    search_params: dict[str, Any] = field(default_factory=dict)
 
     def save(self, directory: Path) -> None:
         """Write collection.json atomically and durably."""
@@ -69,58 +92,10 @@ class CollectionSpec:
         return cls(**data)
 
 
-def check_vectors(x: Any, dim: int, collection: str, what: str = "vectors") -> np.ndarray:
-    """`x` as a C-contiguous (n, dim) float32 array of finite values (n may be 0), or a
-    ValueError that says what was expected and what came."""
-    try:
-        arr = np.asarray(x, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"{what}: expected numbers with shape (n, {dim}), got {type(x).__name__} ({exc})"
-        ) from None
-    if arr.ndim == 1 and arr.shape[0] in (0, dim):
-        arr = arr.reshape(-1, dim)
-    if arr.ndim != 2:
-        raise ValueError(f"{what}: expected shape (n, {dim}), got shape {arr.shape}")
-    if arr.shape[1] != dim:
-        raise ValueError(
-            f"dimension mismatch: collection {collection!r} has dim {dim}, got {arr.shape[1]}"
-        )
-    check_finite(arr, what)
-    squared_norms = np.einsum("ij,ij->i", arr, arr, dtype=np.float64)
-    if arr.size and squared_norms.max() > MAX_NORM**2:
-        big = np.flatnonzero(squared_norms > MAX_NORM**2)
-        raise ValueError(
-            f"{what}: expected vectors of Euclidean norm at most {MAX_NORM:.0e} (so that scores "
-            f"stay finite in float32), got {big.size} rows above it (first: row {int(big[0])}, "
-            f"norm {float(np.sqrt(squared_norms[big[0]])):.3g})"
-        )
-    return np.ascontiguousarray(arr)
-
-
-def _check_ids(ids: Sequence[Any]) -> None:
-    for pos, item_id in enumerate(ids):
-        if not isinstance(item_id, str) or not 1 <= len(item_id) <= MAX_ID_CHARS:
-            got = f"{len(item_id)} characters" if isinstance(item_id, str) else type(item_id).__name__
-            raise ValueError(
-                f"id at position {pos}: expected a string of 1 to {MAX_ID_CHARS} characters, got {got}"
-            )
-
-
-def _payload_json(pos: int, payload: Any) -> str | None:
-    if payload is None:
-        return None
-    if not isinstance(payload, dict):
-        raise ValueError(
-            f"payload at position {pos}: expected an object or null, got {type(payload).__name__}"
-        )
-    try:
-        # orjson: ~10x faster than json.dumps, which was a quarter of an upsert's time. JSON has
-        # no NaN: a non-finite float in a payload is stored as null (the HTTP parser rejects
-        # them before they get here).
-        return orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS).decode()
-    except TypeError as exc:
-        raise ValueError(f"payload at position {pos}: not representable as JSON ({exc})") from None
+def weighted_recall(measured: Sequence[tuple[float, int]]) -> float | None:
+    """Mean of shards' (recall, main size) weighted by size, to 4 places; None without any."""
+    weight = sum(size for _, size in measured)
+    return round(sum(r * size for r, size in measured) / weight, 4) if weight else None
 
 
 class Collection:
@@ -128,7 +103,7 @@ class Collection:
 
     def __init__(
         self, path: Path, spec: CollectionSpec, settings: Settings, executor: Executor,
-        on_needs_rebuild: Callable[[str], None],
+        on_needs_rebuild: Callable[[str], None], sampler: RecallSampler | None = None,
     ) -> None:
         self.path, self.spec, self.settings = path, spec, settings
         self.name, self.dim, self.metric, self.shards = spec.name, spec.dim, spec.metric, spec.shards
@@ -138,7 +113,28 @@ class Collection:
         # Validates search params while no main is built (the kind `auto` starts as).
         self._spec_index = create_index(EMPTY_KIND if spec.kind == AUTO else spec.kind, spec.dim, spec.metric)
         self._rebuild_lock = threading.Lock()  # held for a whole rebuild; close() waits on it
+        # Held while a rebuild moves files into the shard directories and installs, and while a
+        # delete stops the collection and renames its directory: a rebuild either installs
+        # before the delete or sees its stop, never writes into a removed (or re-created) path.
+        self._files_lock = threading.Lock()
         self._stop = threading.Event()
+        self._retired = False  # deleted: the directory was renamed away (retire)
+        self.stats = CollectionStats()
+        self.recall = RecallMonitor(self, sampler)
+        self._spec_lock = threading.Lock()  # configure(): one spec change at a time
+        self._one_kind_of_main()
+
+    def _one_kind_of_main(self) -> None:
+        """Start with one kind of main in every shard. Mains are installed in all shards at once,
+        but a crash between moving the shards' files can leave two kinds on disk: the newest
+        build's kind is kept, the other shards serve exactly from fresh until a rebuild."""
+        built = [s for s in self._shards if s.main is not None]
+        if len({s.main.kind for s in built}) < 2:
+            return
+        newest = max(built, key=lambda s: s.main_built_at or datetime.min.replace(tzinfo=timezone.utc))
+        for shard in built:
+            if shard.main.kind != newest.main.kind:
+                shard.drop_main(f"its kind {shard.main.kind!r} is not the collection's {newest.main.kind!r}")
 
     @property
     def needs_rebuild(self) -> bool:
@@ -158,7 +154,8 @@ class Collection:
         return next((s.main for s in self._shards if s.main is not None), None)
 
     def _param_index(self) -> Index:
-        """The index whose kind judges search params: the built main, else the configured kind."""
+        """The index whose kind judges search params: the built main (every shard's is of one
+        kind), else the configured kind."""
         main = self._current_main()
         return main if main is not None else self._spec_index
 
@@ -172,9 +169,7 @@ class Collection:
         if main is None:
             return None
         mains = [(s.main, s.main_recall) for s in self._shards if s.main is not None]
-        measured = [(recall, len(index)) for index, recall in mains if recall is not None]
-        weight = sum(size for _, size in measured)
-        recall = round(sum(r * size for r, size in measured) / weight, 4) if weight else None
+        recall = weighted_recall([(recall, len(index)) for index, recall in mains if recall is not None])
         return {"kind": main.kind, "params": dict(main.build_params), "recall_at_10": recall}
 
     def info(self) -> dict[str, Any]:
@@ -188,7 +183,7 @@ class Collection:
             "index": {
                 "kind": self.spec.kind,
                 "params": dict(self.spec.params),
-                "search_params": dict(self._param_index().search_params),
+                "search_params": self.search_params_in_force(),
                 "built": self._built(main),
             },
             "shards": self.shards,
@@ -197,60 +192,87 @@ class Collection:
             "fresh_count": sum(c.fresh for c in counts),
             "tombstone_count": sum(c.tombstones for c in counts),
             "last_rebuild_at": max(built_at).isoformat() if built_at else None,
+            "recall_target": self.spec.recall_target,
+            "recall_floor": self.spec.recall_floor,
+            "auto_tune": self.spec.auto_tune,
         }
 
-    def _check_nonzero_for_cosine(self, vectors: np.ndarray, what: str) -> None:
-        """An all-zero vector has no direction: cosine similarity is undefined for it."""
-        if self.metric != "cosine":
-            return
-        zero = np.flatnonzero(~vectors.any(axis=1))
-        if zero.size:
-            raise ValueError(
-                f"{what}: cosine collection {self.name!r} expects non-zero vectors, got {zero.size} "
-                f"all-zero rows (cosine similarity is undefined for them; first: row {int(zero[0])})"
-            )
+    def search_params_in_force(self) -> dict[str, Any]:
+        """What a search without params uses: the kind's defaults, overridden by the collection's."""
+        return {**self._param_index().search_params, **self.search_defaults()}
+
+    def search_defaults(self) -> dict[str, Any]:
+        """The collection's search parameters that the current main's kind knows (an `auto`
+        collection may have moved to another kind since they were set)."""
+        known = self._param_index().search_defaults
+        return {name: value for name, value in self.spec.search_params.items() if name in known}
+
+    def configure(self, **changes: Any) -> None:
+        """Change recall_target, recall_floor, auto_tune and/or search_params (validated
+        against the current index kind, then persisted in collection.json)."""
+        allowed = {"recall_target", "recall_floor", "auto_tune", "search_params"}
+        unknown = sorted(set(changes) - allowed)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {unknown}; expected some of {sorted(allowed)}")
+        with self._spec_lock:
+            spec = dataclasses.replace(self.spec, **changes)
+            check_policy(spec.recall_target, spec.recall_floor, spec.auto_tune)
+            if not isinstance(spec.search_params, dict):
+                raise ValueError(f"search_params: expected an object, got {spec.search_params!r}")
+            self._param_index().resolve_search_params(spec.search_params)
+            spec = dataclasses.replace(spec, search_params=dict(spec.search_params))
+            spec.save(self.path)
+            self.spec = spec
 
     # ---- writes ----
 
-    def upsert(self, ids: list[str], vectors: np.ndarray, payloads: list[dict | None]) -> int:
-        """Write n items: ids (n,) str, vectors (n, dim) float32, payloads (n,) dict or None.
+    def upsert(self, ids: Sequence[str], vectors: Any, payloads: Sequence[dict | None]) -> int:
+        """Write n items: ids (n,) str, vectors (n, dim) numbers, payloads (n,) dict or None;
+        the one place they are checked (ValueError says what was expected, what came, where).
         Durable (committed and fsynced) when it returns; an existing id is replaced; within one
-        call the last occurrence of a repeated id wins. Returns the number of distinct ids."""
-        vectors = check_vectors(vectors, self.dim, self.name)
-        if not len(ids) == vectors.shape[0] == len(payloads):
+        call the last occurrence of a repeated id wins. Returns the number of distinct ids.
+        StorageError when the store cannot make it durable (nothing of it is applied then)."""
+        vectors = check_vectors(vectors, self.dim, self.metric, self.name)
+        ids = check_ids(ids)
+        texts = payload_texts(payloads)
+        if not len(ids) == vectors.shape[0] == len(texts):
             raise ValueError(
-                f"length mismatch: {len(ids)} ids, {vectors.shape[0]} vectors, {len(payloads)} payloads"
+                f"length mismatch: {len(ids)} ids, {vectors.shape[0]} vectors, {len(texts)} payloads"
             )
-        _check_ids(ids)
-        self._check_nonzero_for_cosine(vectors, "vectors")
-        texts = [_payload_json(pos, p) for pos, p in enumerate(payloads)]
+        check_payload_limits(texts, payloads, self.settings.max_payload_bytes, self.settings.max_payload_depth)
         last = {item_id: pos for pos, item_id in enumerate(ids)}  # repeated id: last one wins
-        for shard_no, positions in self._by_shard(list(last.keys()), list(last.values())).items():
-            self._shards[shard_no].upsert(
-                [ids[p] for p in positions], vectors[positions], [texts[p] for p in positions]
-            )
+        keep = list(last.values())
+        for shard_no, positions in self._split(list(last), keep).items():
+            if len(positions) == len(ids):  # one shard, no repeats: the arrays as they came
+                self._shards[shard_no].upsert(ids, vectors, texts)
+            else:
+                self._shards[shard_no].upsert(
+                    [ids[p] for p in positions], vectors[positions], [texts[p] for p in positions]
+                )
+        self.stats.wrote(upserted=len(last))
         if self.needs_rebuild:
             self._on_needs_rebuild(self.name)
         return len(last)
 
-    def delete(self, ids: list[str]) -> int:
-        """Delete these ids; returns how many existed."""
-        unique = list(dict.fromkeys(ids))
-        groups = self._by_shard(unique, unique)
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete these ids; returns how many existed (an id that cannot exist counts as absent)."""
+        unique = [i for i in dict.fromkeys(ids) if is_storable_id(i)]
+        groups = self._split(unique, unique)
         deleted = sum(self._shards[s].delete(group) for s, group in groups.items())
+        self.stats.wrote(deleted=deleted)
         if deleted and self.needs_rebuild:
             self._on_needs_rebuild(self.name)
         return deleted
 
-    def _by_shard(self, ids: list[str], values: list[Any]) -> dict[int, list[Any]]:
-        groups: dict[int, list[Any]] = {}
-        for item_id, value in zip(ids, values):
-            groups.setdefault(shard_of(item_id, self.shards), []).append(value)
-        return groups
+    def _split(self, ids: list[str], values: list[Any]) -> dict[int, list[Any]]:
+        """shard -> the values of the ids it owns (values[i] belongs to ids[i])."""
+        if self.shards == 1:
+            return {0: values} if values else {}
+        return {s: [values[p] for p in pos] for s, pos in positions_by_shard(ids, self.shards).items()}
 
     def get(self, item_id: str) -> tuple[np.ndarray, dict | None]:
         """The vector (dim,) float32 and payload of `item_id`; NotFound if absent."""
-        found = self._shards[shard_of(item_id, self.shards)].get(item_id)
+        found = self._shards[shard_of(item_id, self.shards)].get(item_id) if is_storable_id(item_id) else None
         if found is None:
             raise NotFound(f"item {item_id!r} not found in collection {self.name!r}")
         return found
@@ -258,47 +280,71 @@ class Collection:
     # ---- search ----
 
     def search(
-        self, queries: np.ndarray, k: int, params: dict | None = None, exact: bool = False,
-        exclude: list[str | None] | None = None,
+        self, queries: Any, k: int, params: dict | None = None, exact: bool = False,
+        exclude: Sequence[str | None] | None = None,
     ) -> list[Hits]:
-        """Up to k (id, score) per query of (nq, dim) float32 `queries`, best first, merged
-        over main and fresh of every shard. `params` override the main index's search
-        defaults for this call (unknown names raise ValueError); `exact` brute-forces the same
-        live data; `exclude[i]` is left out of query i's results."""
-        queries = check_vectors(queries, self.dim, self.name, "queries")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k: expected an integer >= 1, got {k!r}")
+        """Up to k (id, score) per query of (nq, dim) `queries`, best first, merged over main
+        and fresh of every shard. `params` override the main index's search defaults for this
+        call (unknown names raise ValueError); `exact` brute-forces the same live data;
+        `exclude[i]` is left out of query i's results."""
+        queries = prepare_queries(queries, self.dim, self.metric, self.name)
+        k = check_k(k)
         nq = queries.shape[0]
-        exclude = list(exclude) if exclude is not None else [None] * nq
-        if len(exclude) != nq:
-            raise ValueError(f"exclude: expected {nq} entries (one per query), got {len(exclude)}")
-        self._check_nonzero_for_cosine(queries, "queries")
-        params = dict(params or {})
+        exclude = check_exclude(exclude, nq)
+        given = {**self.search_defaults(), **(params or {})}  # the request's own win
+        judge = self._param_index()
         # Checked even for exact search (which needs none), so a misspelt knob is never ignored.
-        self._param_index().resolve_search_params(params)
+        resolved = SearchParams(judge.kind, judge.resolve_search_params(given), given)
         if nq == 0:
             return []
+        fetch = k + 1 if exclude is not None else k  # one more, so that k remain without it
 
-        def one(shard: Shard) -> list[list[tuple[float, str]]]:
+        def one(shard: Shard) -> list[Candidates]:
             if exact:
-                return shard.search_exact(queries, int(k), exclude)
-            return shard.search(queries, int(k), params, exclude)
+                return shard.search_exact(queries, fetch)
+            return shard.search(queries, fetch, resolved)
 
-        # Even one shard runs on the search threads: they are set up for it (search_thread_init).
-        per_shard = list(self._executor.map(one, self._shards))
-        results = []
-        for qi in range(nq):
-            merged = best_k([hit for hits in per_shard for hit in hits[qi]], int(k), self.metric)
-            results.append([(item_id, score) for score, item_id in merged])
-        return results
+        parts = self._on_every_shard(one)
+        if not parts:
+            return [[] for _ in range(nq)]
+        return merge_hits(parts, k, self.metric, exclude)
+
+    def _on_every_shard(self, work: Callable[[Shard], list[Candidates]]) -> list[Candidates]:
+        """`work` on every shard, in parallel: the first shard on this thread (no hand-off for
+        a single shard), the others on the search threads."""
+        as_search_thread()
+        others = [self._executor.submit(work, shard) for shard in self._shards[1:]]
+        parts = work(self._shards[0])  # should it raise, the others just finish on their own
+        for future in others:
+            parts += future.result()
+        return parts
 
     # ---- rebuild ----
 
-    def rebuild(self, report: Callable[[float], None]) -> None:
-        """Build and swap in a new main index for every shard in turn (a job's work).
-        For `auto`, the kind is picked from the live count now. Raises ValueError when the
-        kind cannot be built (e.g. too few points to train): the shards keep serving, with
-        the unindexed items in their exact fresh index."""
+    def rebuild(self, report: Callable[[float], None]) -> float | None:
+        """A job's work: `_rebuild`, counted in `stats`, then a re-tune when `auto_tune` is on.
+        Returns the new mains' recall@10 as measured before the swap (see `_rebuild`)."""
+        with self.stats.rebuilding():
+            recall = self._rebuild(report)
+        if self.spec.auto_tune:
+            from .tuning import tune  # tuning searches through this class
+
+            try:
+                tune(self, self.spec.recall_target, self.recall.summary()["k"] or 10)
+            except Exception as exc:  # noqa: BLE001 - the rebuild stands; the knob stays as it was
+                log.warning("auto-tune of collection %r after its rebuild: %s", self.name, exc)
+        return recall
+
+    def _rebuild(self, report: Callable[[float], None]) -> float | None:
+        """Build a new main index for every shard, then install them all at once: if any
+        shard's build fails, none is installed, so the collection never serves
+        two kinds of main. For `auto`, the kind is picked from the live count now. Raises
+        ValueError when the kind cannot be built (e.g. too few points to train): the shards
+        keep serving as they were. Cancelled once the collection is deleted or closing.
+        The rebuild gate: the new mains' recall@10 (mean over shards weighted by size) is
+        measured on the collection's recent real queries when enough were sampled, else on
+        their own items, with the search params in force; under `recall_floor` nothing is
+        installed and RebuildRefused says why. Returns that recall (None: nothing built)."""
         with self._rebuild_lock:
             if self._stop.is_set():
                 raise RuntimeError(f"collection {self.name!r} is closed")
@@ -306,20 +352,50 @@ class Collection:
             if kind == AUTO:
                 count = sum(s.counts().live for s in self._shards)
                 kind, params = pick_kind(count, self.dim, self.settings.memory_budget_bytes)
+            staging = self.path.parent / f".build-{self.name}-{uuid.uuid4().hex[:8]}"
             n_shards = len(self._shards)
-            for i, shard in enumerate(self._shards):
-                def shard_report(p: float, i: int = i) -> None:
-                    report((i + p) / n_shards)
+            queries = self.recall.recent_queries()
+            try:
+                news = []
+                for i, shard in enumerate(self._shards):
+                    def shard_report(p: float, i: int = i) -> None:
+                        report((i + p) / n_shards)
 
-                try:
-                    new: NewMain = shard.build_main(kind, params, shard_report, self._stop)
-                except (ValueError, MemoryError) as exc:
-                    live = shard.counts().live
-                    raise ValueError(
-                        f"rebuild of collection {self.name!r} shard {i} failed building {kind!r} "
-                        f"on {live} items: {exc}; its items stay searchable (exactly) in fresh"
-                    ) from exc
-                shard.install(new)
+                    try:
+                        news.append(shard.build_main(
+                            kind, params, shard_report, self._stop, staging / f"shard-{i}",
+                            queries, self.spec.search_params,
+                        ))
+                    except (ValueError, MemoryError) as exc:
+                        live = shard.counts().live
+                        raise ValueError(
+                            f"rebuild of collection {self.name!r} shard {i} failed building {kind!r} "
+                            f"on {live} items: {exc}; no shard changed (items not in a main index "
+                            f"stay searchable, exactly, in fresh)"
+                        ) from exc
+                recall = self._gate(kind, news, queries)
+                with self._files_lock:
+                    check_stop(self._stop)
+                    install_together(self._shards, news)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        return recall
+
+    def _gate(self, kind: str, news: Sequence[Any], queries: np.ndarray | None) -> float | None:
+        """The new mains' recall@10 (weighted by size); RebuildRefused under `recall_floor`."""
+        recall = weighted_recall(
+            [(new.recall, len(new.index)) for new in news if new.index is not None and new.recall is not None]
+        )
+        floor = self.spec.recall_floor
+        if recall is not None and floor > 0 and recall < floor:
+            source = f"{len(queries)} recent queries" if queries is not None else "their own items"
+            raise RebuildRefused(
+                f"rebuild of collection {self.name!r} refused: the new {kind!r} main indexes measured "
+                f"recall@10 {recall:.4f} on {source}, under the recall_floor {floor}; the old main "
+                "keeps serving (rebuild with larger build parameters, or lower the floor)",
+                recall, floor,
+            )
+        return recall
 
     # ---- snapshots ----
 
@@ -328,17 +404,32 @@ class Collection:
         """Every shard's write lock, taken in shard order and held together for the block: no
         write commits on any shard inside it, so read views opened there form one cut across
         the shards (engine/snapshots.py). Yields each shard's directory. Keep it short:
-        writers wait; searches do not."""
+        writers wait; searches do not. NotFound once the collection is deleted (a delete
+        waits for the block to end before it renames the directory)."""
         with ExitStack() as stack:
             for shard in self._shards:
                 stack.enter_context(shard._write_lock)
+            if self._retired:
+                raise NotFound(f"collection {self.name!r} was deleted")
             yield [shard.path for shard in self._shards]
 
     # ---- lifetime ----
 
     def stop(self) -> None:
-        """Ask a running rebuild to stop (it notices between chunks) and refuse new ones."""
+        """Ask a running rebuild to stop (at its next safe point) and refuse new ones."""
         self._stop.set()
+
+    def retire(self, to: Path) -> None:
+        """For a delete, without waiting for a running rebuild: stop it, close the stores
+        (requests still running get NotFound) and rename the directory to `to`. The rebuild,
+        when it notices the stop, installs nothing and leaves no file behind."""
+        self.stop()
+        with self._files_lock:
+            for shard in self._shards:
+                shard.close()  # waits for a write or a writes_paused block in progress
+            self._retired = True
+            os.replace(self.path, to)
+            self.path = to
 
     def close(self) -> None:
         """Stop a running rebuild, wait for it, close the stores."""

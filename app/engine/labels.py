@@ -35,24 +35,27 @@ class LabelView:
         self.labels, self.alive, self.offsets, self.blob, self.n = labels, alive, offsets, blob, n
 
     def _positions(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Positions of `labels` (any shape) in the view and whether each is there."""
+        """Positions of `labels` (any shape, int64) in the view and whether each is there."""
         if self.n == 0:
             return np.zeros(labels.shape, dtype=np.int64), np.zeros(labels.shape, dtype=bool)
         known = self.labels[: self.n]
-        pos = np.minimum(np.searchsorted(known, labels), self.n - 1)
+        pos = known.searchsorted(labels)  # the array methods: numpy's module wrappers cost more
+        pos.clip(max=self.n - 1, out=pos)
         return pos, known[pos] == labels
 
     def is_live(self, labels: np.ndarray) -> np.ndarray:
         """Bool array shaped like `labels` (int64): live in this shard (padding -1 is not)."""
         pos, found = self._positions(labels)
-        return found & self.alive[pos]
+        found &= self.alive[pos]
+        return found
 
     def ids(self, labels: np.ndarray) -> list[str]:
-        """The ids of (m,) `labels`, which must be in the view (live or dead since)."""
-        pos, found = self._positions(np.asarray(labels, dtype=np.int64))
+        """The ids of (m,) int64 `labels`, which must be in the view (live or dead since)."""
+        pos, found = self._positions(labels)
         if not found.all():
             raise KeyError(f"labels {labels[~found][:5].tolist()} are not in this shard")
-        starts, ends, blob = self.offsets[pos].tolist(), self.offsets[pos + 1].tolist(), self.blob
+        offsets, blob = self.offsets, self.blob
+        starts, ends = offsets[pos].tolist(), offsets[pos + 1].tolist()
         return [blob[s:e].decode() for s, e in zip(starts, ends)]
 
     def live_ids(self) -> list[str]:

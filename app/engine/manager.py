@@ -21,10 +21,12 @@ from ..indexes import METRICS, create_index
 
 from .auto import AUTO
 from .collection import SPEC_FILE, Collection, CollectionSpec
-from .errors import Conflict, NotFound
+from .errors import Conflict, NotFound, storage_error
+from .files import fsync_dir
 from .jobs import Job, JobRegistry
+from .recall import RecallSampler, check_policy
 from ..settings import Settings
-from .shard import fsync_dir, search_thread_init
+from .threads import search_thread_init
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,10 @@ class CollectionManager:
         self.settings = settings
         self.root = Path(settings.data_dir) / "collections"
         self.jobs = JobRegistry()
+        self.recall = RecallSampler(
+            settings.recall_sample_rate, settings.recall_queue_size, settings.recall_window,
+            settings.recall_recent_queries,
+        )
         self.is_ready = False
         self._collections: dict[str, Collection] = {}
         self._lock = threading.RLock()  # create/delete/open; lookups read the dict without it
@@ -91,6 +97,7 @@ class CollectionManager:
             self._collections.clear()
         for collection in collections:
             collection.stop()
+        self.recall.close()
         self.jobs.close()
         for collection in collections:
             collection.close()
@@ -101,15 +108,27 @@ class CollectionManager:
     # ---- collections ----
 
     def create(
-        self, name: str, dim: int, metric: str, index_kind: str, index_params: dict, shards: int = 1
+        self, name: str, dim: int, metric: str, index_kind: str, index_params: dict, shards: int = 1,
+        recall_target: float = 0.95, recall_floor: float = 0.0, auto_tune: bool = False,
+        search_params: dict | None = None,
     ) -> Collection:
-        """A new, empty collection. ValueError for a bad name, dim, metric, kind, build params
-        or shard count; Conflict if `name` exists."""
+        """A new, empty collection. ValueError for a bad name, dim, metric, kind, build params,
+        shard count, recall target or floor, or search params; Conflict if `name` exists."""
         index_params = dict(index_params or {})
+        search_params = dict(search_params or {})
         self._check_spec(name, dim, metric, index_kind, index_params, shards)
+        check_policy(recall_target, recall_floor, auto_tune)
+        if search_params:
+            if index_kind == AUTO:
+                raise ValueError(
+                    f"index kind 'auto' picks its own kind; got search parameter(s) {sorted(search_params)} "
+                    "(set them with PATCH once it has built a main, or tune it)"
+                )
+            create_index(index_kind, dim, metric, **index_params).resolve_search_params(search_params)
         spec = CollectionSpec(
             name, int(dim), metric, index_kind, index_params, int(shards),
             datetime.now(timezone.utc).isoformat(),
+            float(recall_target), float(recall_floor), auto_tune, search_params,
         )
         with self._lock:
             self._check_open()
@@ -118,14 +137,23 @@ class CollectionManager:
                 raise Conflict(f"collection {name!r} already exists")
             # Built under a hidden name and renamed: a crash never leaves half a collection.
             staging = self.root / f".new-{name}-{uuid.uuid4().hex[:8]}"
-            staging.mkdir(parents=True)
-            spec.save(staging)
-            os.replace(staging, final)
-            collection = self._open_collection(final, spec)
-            # The new files' directory entries must survive power loss like the writes in them.
-            for directory in [*final.iterdir(), final, self.root]:
-                if directory.is_dir():
-                    fsync_dir(directory)
+            try:
+                staging.mkdir(parents=True)
+                spec.save(staging)
+                os.replace(staging, final)
+                collection = self._open_collection(final, spec)
+                # The new files' directory entries must survive power loss like the writes in them.
+                for directory in [*final.iterdir(), final, self.root]:
+                    if directory.is_dir():
+                        fsync_dir(directory)
+            except Exception as exc:
+                shutil.rmtree(staging, ignore_errors=True)
+                if final.exists() and name not in self._collections:
+                    shutil.rmtree(final, ignore_errors=True)
+                fault = storage_error(exc, f"creating collection {name!r} in {self.root}")
+                if fault is not None and not isinstance(exc, ValueError):
+                    raise fault from exc
+                raise
             self._collections[name] = collection
         return collection
 
@@ -162,20 +190,22 @@ class CollectionManager:
         return sorted(self._collections.values(), key=lambda c: c.name)
 
     def delete(self, name: str) -> None:
-        """Delete the collection and its files; NotFound if absent."""
+        """Delete the collection and its files; NotFound if absent. Answers without waiting for
+        a running rebuild of it (which stops at its next safe point and installs nothing): the
+        manager lock is held only to stop the collection, close its stores and rename its
+        directory away, so creates and deletes of other collections never wait for a rebuild."""
         with self._lock:
             collection = self.get(name)
             del self._collections[name]
-            collection.close()
+            self._auto_failed_at.pop(name, None)
             # Renamed first, so a crash during the removal cannot resurrect half a collection.
             doomed = self.root / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
-            os.replace(collection.path, doomed)
+            collection.retire(doomed)
             fsync_dir(self.root)  # an acknowledged delete must not come back after power loss
-            shutil.rmtree(doomed, ignore_errors=True)
-            self._auto_failed_at.pop(name, None)
+        shutil.rmtree(doomed, ignore_errors=True)
 
     def _open_collection(self, path: Path, spec: CollectionSpec) -> Collection:
-        return Collection(path, spec, self.settings, self._executor, self._auto_rebuild)
+        return Collection(path, spec, self.settings, self._executor, self._auto_rebuild, self.recall)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -202,13 +232,14 @@ class CollectionManager:
         except (Conflict, NotFound):
             pass  # another trigger won the race, or the collection went away meanwhile
 
-    def _run_auto(self, collection: Collection, report: Any) -> None:
+    def _run_auto(self, collection: Collection, report: Any) -> float | None:
         try:
-            collection.rebuild(report)
+            recall = collection.rebuild(report)
         except Exception:
             self._auto_failed_at[collection.name] = time.monotonic()
             raise
         self._auto_failed_at.pop(collection.name, None)
+        return recall
 
     def _tick(self) -> None:
         while not self._stop.wait(self.settings.rebuild_interval_seconds):

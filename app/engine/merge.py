@@ -11,8 +11,9 @@ sorted by (score, id).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -24,15 +25,21 @@ from ..indexes.base import higher_is_better, worst_score
 Hits = list[tuple[str, float]]
 
 
+class Names(Protocol):
+    """Where a source's labels get their string ids (a shard's `LabelView`, a snapshot's map)."""
+
+    def ids(self, labels: np.ndarray) -> list[str]: ...
+
+
 @dataclass(frozen=True)
 class Candidates:
     """One source's answers to nq queries: labels (nq, m) int64 (-1 where there is none) and
-    scores (nq, m) float32 (the metric's worst score where the label is -1); `ids` maps (r,)
-    labels of this source to their string ids."""
+    scores (nq, m) float32 (the metric's worst score where the label is -1); `names` maps
+    labels of this source to their string ids (sources that share it share labels)."""
 
     labels: np.ndarray
     scores: np.ndarray
-    ids: Callable[[np.ndarray], list[str]]
+    names: Names
 
 
 def sort_keys(scores: np.ndarray, metric: str) -> np.ndarray:
@@ -60,47 +67,73 @@ def merge_hits(
     parts: Sequence[Candidates], k: int, metric: str, exclude: Sequence[str | None] | None = None
 ) -> list[Hits]:
     """The k best (id, score) per query over every source, best first, ties by id;
-    `exclude[i]` (an id) is left out of query i's answer (sources then carry k + 1 per row)."""
-    nq = parts[0].labels.shape[0]
+    `exclude[i]` (an id) is left out of query i's answer (sources then carry k + 1 per row).
+
+    One pass over all queries at once: concatenate, argsort, gather the first k + 1 columns;
+    ids are decoded for the final k only, one call per source. Rows tied on score at the
+    k-th place (rare) are merged again one by one, with every tied candidate mapped."""
     want = k + 1 if exclude is not None else k
     labels = np.concatenate([p.labels for p in parts], axis=1) if len(parts) > 1 else parts[0].labels
     scores = np.concatenate([p.scores for p in parts], axis=1) if len(parts) > 1 else parts[0].scores
-    keys = sort_keys(scores, metric)
-    order = np.argsort(keys, axis=1, kind="stable")
-    sorted_keys = np.take_along_axis(keys, order, 1)
-    # How many to map per row: the first `want` real candidates and every one tied with the
-    # last of them, so that the id decides among equals.
-    last = sorted_keys[:, min(want, sorted_keys.shape[1]) - 1 : min(want, sorted_keys.shape[1])]
-    take = np.count_nonzero((sorted_keys <= last) & np.isfinite(sorted_keys), axis=1)
-    width = int(take.max()) if nq else 0
-    if width == 0:
-        return [[] for _ in range(nq)]
-    chosen = order[:, :width]
-    chosen_labels = np.take_along_axis(labels, chosen, 1)
-    chosen_scores = np.take_along_axis(scores, chosen, 1).tolist()
-    mapped = np.arange(width) < take[:, None]
-    names = np.empty((nq, width), dtype=object)
-    if len(parts) == 1:
-        names[mapped] = parts[0].ids(chosen_labels[mapped])
-    else:
-        bounds = np.cumsum([p.labels.shape[1] for p in parts])
-        source = np.searchsorted(bounds, chosen, side="right")
-        for s, part in enumerate(parts):
-            mine = mapped & (source == s)
-            if mine.any():
-                names[mine] = part.ids(chosen_labels[mine])
-    ties = width > 1 and bool((sorted_keys[:, 1:width] == sorted_keys[:, : width - 1]).any())
+    nq = labels.shape[0]
     higher = higher_is_better(metric)
+    keys = -scores if higher else scores
+    order = keys.argsort(axis=1, kind="stable")[:, : want + 1]  # one more: a tie at the cut shows
+    rows = np.arange(nq)[:, None]
+    top_keys = keys[rows, order]
+    boundary_tie = inner_tie = None
+    equal = top_keys[:, 1:] == top_keys[:, :-1]
+    if equal.any():  # rare: equal scores (or padding, whose keys are all +inf)
+        finite = top_keys[:, 1:] != np.inf
+        tied = equal & finite
+        boundary_tie = tied[:, want - 1] if tied.shape[1] >= want else None
+        inner_tie = tied[:, : want - 1].any(axis=1)
+    order = order[:, :want]
+    top_labels = labels[rows, order]
+    live = top_labels >= 0  # a prefix of each row: padding and masked entries sort last
+    counts = live.sum(axis=1).tolist()
+    top_scores = scores[rows, order].tolist()
+    if len(parts) == 1:
+        names = parts[0].names.ids(top_labels[live])  # row-major: each row's prefix in turn
+    else:
+        source = np.searchsorted(np.cumsum([p.labels.shape[1] for p in parts]), order[live], side="right")
+        found, names = top_labels[live], [""] * len(source)
+        for s in np.flatnonzero(np.bincount(source, minlength=len(parts))).tolist():
+            mine = np.flatnonzero(source == s)
+            for j, name in zip(mine.tolist(), parts[s].names.ids(found[mine])):
+                names[j] = name
     out: list[Hits] = []
-    for qi in range(nq):
-        row_names, row_scores, n = names[qi], chosen_scores[qi], int(take[qi])
-        hits = [(row_names[j], row_scores[j]) for j in range(n)]
-        if ties:
-            hits.sort(key=(lambda h: (-h[1], h[0])) if higher else (lambda h: (h[1], h[0])))
+    start = 0
+    for qi, count in enumerate(counts):
+        if boundary_tie is not None and boundary_tie[qi]:
+            hits = _merge_tied_row(parts, labels[qi], keys[qi], scores[qi], want, higher)
+        else:
+            hits = list(zip(names[start : start + count], top_scores[qi][:count]))
+            if inner_tie is not None and inner_tie[qi]:
+                hits.sort(key=(lambda h: (-h[1], h[0])) if higher else (lambda h: (h[1], h[0])))
+        start += count
         if exclude is not None and exclude[qi] is not None:
             hits = [h for h in hits if h[0] != exclude[qi]]
         out.append(hits[:k])
     return out
+
+
+def _merge_tied_row(
+    parts: Sequence[Candidates], labels: np.ndarray, keys: np.ndarray, scores: np.ndarray, want: int,
+    higher: bool,
+) -> Hits:
+    """One row whose `want`-th score is tied: every candidate tied with it is mapped, and the
+    id decides among them."""
+    order = keys.argsort(kind="stable")
+    last = keys[order[want - 1]]
+    chosen = order[: int(np.count_nonzero(keys <= last))]
+    bounds = np.cumsum([p.labels.shape[1] for p in parts])
+    source = np.searchsorted(bounds, chosen, side="right").tolist()
+    hits = [
+        (parts[s].names.ids(labels[c : c + 1])[0], float(scores[c])) for s, c in zip(source, chosen.tolist())
+    ]
+    hits.sort(key=(lambda h: (-h[1], h[0])) if higher else (lambda h: (h[1], h[0])))
+    return hits
 
 
 def brute_force(
