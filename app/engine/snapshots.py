@@ -38,10 +38,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .build import MAIN_FILE
 from .collection import SPEC_FILE, Collection, CollectionSpec
 from .errors import Conflict, NotFound
+from .files import fsync_dir
 from .manager import NAME
-from .shard import MAIN_FILE, fsync_dir
 
 FORMAT = "annserve-snapshot"
 VERSION = 1
