@@ -46,7 +46,7 @@ def test_a_delete_racing_reads_ends_them_in_not_found_never_in_a_crash(tmp_path)
             answered = {"get": 0, "by_id": 0, "exact": 0, "snapshot": 0}
             stop = threading.Event()
 
-            def read(what: str) -> None:
+            def read(what: str, c=c, name=name, queries=queries, stop=stop, errors=errors, answered=answered) -> None:
                 while not stop.is_set():
                     try:
                         if what == "get":
