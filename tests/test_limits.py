@@ -109,7 +109,7 @@ def test_upsert_batch_cap(client):
 def test_dimension_cap_and_mismatch(client):
     ok = {"name": "d64", "dim": 64, "metric": "l2"}
     assert client.post("/collections", json=ok).status_code == 201
-    refused(client.post("/collections", json={"name": "d65", "dim": 65}), 422, "dim", "64", "65")
+    refused(client.post("/collections", json={"name": "d65", "dim": 65, "metric": "l2"}), 422, "dim", "64", "65")
     refused(client.post("/collections/c/search", json={"vector": [1.0] * 3}), 422, "4", "got 3")
     refused(
         client.post("/collections/c/vectors", json={"items": [item(vector=[1.0] * 5)]}), 422, "4", "got 5"
@@ -231,7 +231,7 @@ def test_finite_numbers_only(client, raw, fragments):
     "name", ["../x", "a/b", ".hidden", "..", "x" * 65, "", "a\\b", "a\x00b", "-x", " x", "é"]
 )
 def test_collection_names_cannot_leave_the_data_dir(client, tmp_path, name):
-    refused(client.post("/collections", json={"name": name, "dim": 2}), 422, "name")
+    refused(client.post("/collections", json={"name": name, "dim": 2, "metric": "l2"}), 422, "name")
     root = tmp_path / "data"
     assert sorted(p.name for p in (root / "collections").iterdir()) == ["c"]
     assert sorted(p.name for p in root.iterdir()) == ["collections"]
