@@ -25,7 +25,7 @@ from .error_mapping import error_answer
 from .transport.hot_path import HotPathMiddleware
 from .transport.metrics import MetricsMiddleware, ServiceMetrics
 from .transport.raw_body import RAW_BODY_MODELS
-from ..engine.errors import Conflict, NotFound
+from ..engine.errors import Conflict, NotFound, StorageError
 from ..engine.manager import CollectionManager
 from .schemas import ErrorDetail
 from ..settings import Settings
@@ -134,7 +134,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ValidationError, body_validation_error)
-    for kind in (StarletteHTTPException, NotFound, Conflict, ValueError, Exception):
+    # StorageError gets its own entry: an error left to the `Exception` handler is answered by
+    # Starlette's ServerErrorMiddleware, which re-raises after answering, and uvicorn then drops
+    # the keep-alive connection (the client's next request on it fails: tests/test_disk_full.py).
+    for kind in (StarletteHTTPException, NotFound, Conflict, ValueError, StorageError, Exception):
         app.add_exception_handler(kind, client_or_bug)
 
 
