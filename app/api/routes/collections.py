@@ -37,7 +37,9 @@ def create_collection(
     if body.dim > settings.max_dim:
         raise ValueError(f"dim: expected at most {settings.max_dim} (ANNSERVE_MAX_DIM), got {body.dim}")
     collection = manager.create(
-        body.name, body.dim, body.metric, body.index.kind, body.index.params, shards=body.shards
+        body.name, body.dim, body.metric, body.index.kind, body.index.params, shards=body.shards,
+        recall_target=body.recall_target, recall_floor=body.recall_floor, auto_tune=body.auto_tune,
+        search_params=body.search_params,
     )
     return collection.info()
 

@@ -137,6 +137,10 @@ def _search_together(members: list[_Request]) -> list[list[Hits]]:
         if not any(exclude):
             exclude = None
     hits = first.collection.search(queries, first.k, first.params, exact=first.exact, exclude=exclude)
+    # Counters, and the online-recall sample (queued for an exact re-run off this path).
+    first.collection.stats.searched(len(members), len(queries))
+    if not first.exact:
+        first.collection.recall.offer(queries, first.k, first.params, exclude, hits)
     rows, start = [], 0
     for member in members:
         rows.append(hits[start : start + len(member.queries)])

@@ -13,10 +13,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import (
+    CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics, generate_latest,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .engine_metrics import EngineMetrics
 
 # Search latencies sit well under a millisecond; keep resolution there.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
@@ -54,8 +56,12 @@ class ServiceMetrics:
             buckets=_LOOP_LAG_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_ItemsCollector(collections))
+        self.engine = EngineMetrics(collections)  # the engine's state, read per scrape
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def exposition(self) -> bytes:
+        """The whole /metrics text: this registry's families, then the engine's."""
+        return generate_latest(self.registry) + self.engine.render()
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
@@ -77,27 +83,6 @@ class ServiceMetrics:
             expected = time.perf_counter() + interval
             await asyncio.sleep(interval)
             self.loop_lag.observe(max(time.perf_counter() - expected, 0.0))
-
-
-class _ItemsCollector(Collector):
-    def __init__(self, collections: Callable[[], Iterable[Any]]) -> None:
-        self._collections = collections
-
-    def collect(self) -> Iterable[Metric]:
-        items = GaugeMetricFamily(
-            "annserve_collection_items",
-            "Live items per collection, in the main index and in the fresh (exact) index",
-            labels=["collection", "part"],
-        )
-        for collection in self._collections():
-            info = collection.info()
-            items.add_metric([info["name"], "main"], info["main_count"])
-            items.add_metric([info["name"], "fresh"], info["fresh_count"])
-        yield items
-
-    def describe(self) -> Iterable[Metric]:
-        # Registering must not call the engine (it may not be open yet).
-        return [GaugeMetricFamily("annserve_collection_items", "", labels=["collection", "part"])]
 
 
 class MetricsMiddleware:
