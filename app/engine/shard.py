@@ -41,11 +41,6 @@ from .merge import Candidates, brute_force
 from .rwlock import ReadWriteLock
 from .store import ShardStore
 
-# Names other engine modules still import from here, as before the split (stats: Cancelled;
-# snapshots: MAIN_FILE, fsync_dir); their homes are build.py and files.py.
-from .build import Cancelled  # noqa: F401
-from .files import fsync_dir  # noqa: F401
-
 log = logging.getLogger(__name__)
 
 RETRY_GROWTH = 4  # how much more main is asked for when tombstones ate a query's answers
