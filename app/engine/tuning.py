@@ -48,9 +48,9 @@ class Unreachable(ValueError):
     """The kind cannot reach the target on these queries at any knob value (a 422)."""
 
 
-def knob_range(kind: str, knob: str, index: Any, live: int, k: int) -> tuple[int, int]:
-    """(smallest, largest) value worth trying of `knob` for `index` (the main index of `kind`)
-    over `live` items at `k` results."""
+def knob_range(knob: str, index: Any, live: int, k: int) -> tuple[int, int]:
+    """(smallest, largest) value worth trying of `knob` for `index` (a main index) over `live`
+    items at `k` results."""
     _, bound = index.param_bounds.get(knob, (1, MAX_INT_PARAM))
     bound = MAX_INT_PARAM if bound is None else bound
     if knob == "nprobe":
@@ -163,7 +163,7 @@ def _tune(collection: Collection, target: float, k: int) -> dict[str, Any]:
         return float(np.mean(measured)) if measured else 1.0
 
     for position, knob in enumerate(knobs):
-        lo, hi = knob_range(main.kind, knob, main, live, k)
+        lo, hi = knob_range(knob, main, live, k)
         chosen, seen = smallest_meeting(lambda v: recall_at({**fixed, knob: v}), lo, hi, target)
         if chosen is not None:
             break
