@@ -465,3 +465,16 @@ def test_hnswlib_inconsistent_state_is_a_value_error(tmp_path, name, change, mes
         np.savez(f, **parts)
     with pytest.raises(ValueError, match=f"hnswlib state is inconsistent: .*{message}"):
         load_index(tmp_path / "bad.idx")
+
+
+def test_pq_with_two_dim_sub_vectors_and_few_bits_still_searches():
+    """FAISS's IndexPQ fails at search time (`ksub % 8 == 0`) for 2-d sub-vectors with nbits < 3,
+    which small sets of dims like 22 got by default (found by test_index_properties.py)."""
+    x = np.random.default_rng(14).standard_normal((40, 22)).astype(np.float32)
+    index = create_index("pq", 22, "l2")
+    index.train(x)
+    index.add(x, np.arange(40))
+    ids, _ = index.search(x[:5], 3)
+    assert index.build_params["m"] == 22 and ids[:, 0].tolist() == list(range(5))
+    with pytest.raises(ValueError, match=r"m=11 makes sub-vectors of 2 dims.*nbits >= 3, got nbits=2"):
+        create_index("pq", 22, "l2", m=11, nbits=2).train(x)
