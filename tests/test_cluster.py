@@ -68,7 +68,7 @@ def test_ownership_is_the_engine_hash_and_nodes_refuse_strays():
     with pytest.raises(HTTPException) as raised:
         check_owned([*mine, ids[groups[2][0]]], 1, 3)
     assert raised.value.status_code == MISDIRECTED
-    assert f"belongs to shard 2 of 3" in raised.value.detail
+    assert "belongs to shard 2 of 3" in raised.value.detail
 
 
 def test_merge_orders_like_one_node():

@@ -199,17 +199,22 @@ class NodeClient:
                     if not pending:
                         self.metrics.failovers.labels(label).inc()
                     elif self.hedge_after is not None:
-                        self.metrics.hedges.labels(label).inc()
+                        self.metrics.hedges.labels(label).inc()  # slow is not failed: nobody is suspect
                     else:
+                        # Past its share of the deadline: suspect (asked last next time), though
+                        # its answer is still taken if it comes first.
                         self.metrics.failovers.labels(label).inc()
+                        for url, asked_at in pending.values():
+                            errors[url] = self._failed(shard.index, url, asyncio.TimeoutError(), loop.time() - asked_at)
                     ask()
                 elif not pending:
                     break  # every replica asked and failed
         finally:
-            for task, (url, asked_at) in pending.items():
-                task.cancel()
-                if url not in errors:
-                    errors[url] = self._failed(shard.index, url, asyncio.TimeoutError(), loop.time() - asked_at)
+            for task in pending:
+                task.cancel()  # a winner answered, or the deadline passed
+        for url, asked_at in pending.values():
+            if url not in errors:
+                errors[url] = self._failed(shard.index, url, asyncio.TimeoutError(), loop.time() - asked_at)
         self.metrics.shard_unavailable.labels(label, operation).inc()
         raise ShardUnavailable(shard, errors, operation)
 
