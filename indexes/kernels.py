@@ -33,7 +33,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-JIT = dict(nogil=True, cache=True, fastmath=True)
+JIT = {"nogil": True, "cache": True, "fastmath": True}
 # Rows whose cache lines `score_rows` requests before it scores them: enough loads in flight
 # to cover a miss, few enough that they stay in the line-fill buffers.
 PREFETCH_AHEAD = 8
