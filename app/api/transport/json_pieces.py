@@ -22,6 +22,7 @@ errors, are always orjson's own; `convert` sees the same elements either way.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -65,6 +66,17 @@ class Converted(Generic[T]):
         self.count += len(elements)
 
 
+def hand_over_gil() -> None:
+    """Let a thread that waits for the GIL (the event loop's) have it, between two pieces.
+
+    Python makes the holder give the GIL up only once a waiter has waited a whole switch
+    interval with no change of hands; numpy's brief releases while a piece is converted restart
+    that wait every time, and the holder takes the GIL straight back. Without this the loop
+    waited 40-100 ms at a time during a 32 MiB parse; with it, 2-3 ms (the parse takes ~25%
+    longer, for the same CPU)."""
+    time.sleep(0)
+
+
 def loads(raw: bytes | bytearray, key: str, convert: Convert, piece_bytes: int = PIECE_BYTES) -> Any:
     """`orjson.loads(raw)`, except that when the body is an object whose member `key` is a list,
     that member comes back as `Converted`; a large body is parsed `piece_bytes` at a time."""
@@ -84,6 +96,8 @@ def convert_list(elements: list, convert: Convert, run: int | None = RUN) -> Con
     step = run or max(len(elements), 1)
     for lo in range(0, len(elements), step):
         converted.add(elements[lo : lo + step], convert)
+        if run:
+            hand_over_gil()
     return converted
 
 
@@ -110,6 +124,7 @@ def _in_pieces(data: memoryview, key: str, convert: Convert, piece_bytes: int) -
         if gap is None:
             break
         converted.add(piece, convert)
+        hand_over_gil()
         at = gap.start(1)
         gap = _ELEMENT_GAP.search(data, at + piece_bytes)
     if at == start:
