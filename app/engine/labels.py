@@ -67,7 +67,10 @@ class LabelView:
         known = self.labels[: self.n]
         lo = int(np.searchsorted(known, after, side="right"))
         hi = self.n if upto is None else int(np.searchsorted(known, upto, side="right"))
-        return known[lo:hi][self.alive[lo:hi]]
+        # The flags are copied first: boolean indexing counts the True flags, then fills that
+        # many places, with the GIL released in between; a kill landing between the two left
+        # the tail of the answer uninitialised (garbage labels). A copy is read once.
+        return known[lo:hi][self.alive[lo:hi].copy()]
 
 
 class LabelMap:
