@@ -512,6 +512,11 @@ def _cache_aligned(rows: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------ class
 
 
+# Trees a build may ask for: each holds about 2n/leaf_size nodes and a copy of every row
+# position, so beyond this a build exhausts memory rather than adding recall (Annoy users
+# stay below a few hundred).
+MAX_TREES = 4096
+
 class ForestIndex(Index):
     """In-house Annoy-style random-projection forest (all metrics).
 
@@ -541,7 +546,7 @@ class ForestIndex(Index):
 
     # ---- parameters
 
-    param_bounds = {"seed": (0, MAX_SEED), "leaf_size": (2, MAX_INT_PARAM)}
+    param_bounds = {"seed": (0, MAX_SEED), "leaf_size": (2, MAX_INT_PARAM), "n_trees": (1, MAX_TREES)}
 
     def _leaf_size(self) -> int:
         leaf_size = self.build_params.get("leaf_size")

@@ -381,6 +381,10 @@ def _search_parallel(
 # ---------------------------------------------------------------- the index
 
 
+# Tables a build may ask for: each costs 4 bytes per row plus its bucket offsets, so beyond
+# this a build is a MemoryError waiting to happen, not a better index (64 is the default).
+MAX_TABLES = 1024
+
 class LSHIndex(Index):
     """Random-hyperplane LSH with query-directed multi-probe search and exact re-scoring."""
 
@@ -390,7 +394,9 @@ class LSHIndex(Index):
     build_defaults = {"n_tables": 64, "n_bits": None, "seed": 20261121}
     search_defaults = {"probes": 24}
     needs_training = True
-    param_bounds = {"seed": (0, MAX_SEED), "n_bits": (1, _MAX_BITS), "probes": (1, MAX_PROBES)}
+    param_bounds = {
+        "seed": (0, MAX_SEED), "n_bits": (1, _MAX_BITS), "probes": (1, MAX_PROBES), "n_tables": (1, MAX_TABLES),
+    }
 
     # rows per bucket the default n_bits aims at (GloVe 400K: 17 bits)
     TARGET_BUCKET = 3

@@ -340,6 +340,9 @@ SMALL = np.random.default_rng(7).standard_normal((200, 8)).astype(np.float32)
         ("forest", {"seed": 2**62}, r"seed: expected an integer in \[0, 4294967295\]"),
         ("lsh", {"n_bits": 30}, r"n_bits: expected an integer in \[1, 24\]"),
         ("hnsw", {"M": 1}, "M: expected an integer >= 2"),
+        # Unbounded, these were a MemoryError (a 500) in the background build instead of a 422.
+        ("lsh", {"n_tables": 10**6}, r"n_tables: expected an integer in \[1, 1024\]"),
+        ("forest", {"n_trees": 10**7}, r"n_trees: expected an integer in \[1, 4096\]"),
     ],
 )
 def test_build_params_are_checked_against_their_bounds(kind, params, message):
