@@ -4,6 +4,8 @@ and waiting for a rebuild job over HTTP."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from annserve.bench.server_process import ServeProcess
 from annserve.indexes import brute_force_knn
 
 DATA = Path(__file__).parent / "data"
@@ -78,3 +81,15 @@ def wait_ready(client, timeout: float = 30.0) -> None:
     while client.get("/readyz").status_code != 200:
         assert time.monotonic() < deadline, client.get("/readyz").text
         time.sleep(0.02)
+
+
+@contextmanager
+def serving(tmp: Path, env: dict[str, str] | None = None) -> Iterator[ServeProcess]:
+    """A real `annserve serve` process on a free loopback port with its data and log under
+    `tmp`, ready when entered; stopped (and reaped) on the way out, whatever happened."""
+    server = ServeProcess(tmp / "data", tmp / "server.log", env)
+    try:
+        server.start().close()
+        yield server
+    finally:
+        server.stop()

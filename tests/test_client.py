@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import K
+from conftest import K, serving
 from typer.testing import CliRunner
 
 from annserve import (
@@ -46,13 +46,8 @@ FAST = {"retries": 3, "backoff": 0.01}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[ServeProcess]:
     """One real server for the module; stopped (and reaped) at the end, whatever happens."""
-    tmp = tmp_path_factory.mktemp("client")
-    server = ServeProcess(tmp / "data", tmp / "server.log")
-    try:
-        server.start().close()
+    with serving(tmp_path_factory.mktemp("client")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture()

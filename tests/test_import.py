@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import serving
 from typer.testing import CliRunner
 
 from annserve import Client
@@ -34,13 +35,8 @@ SAMPLE = [0, 1, 2, 999, 1000, 1777, ROWS - 2, ROWS - 1]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[ServeProcess]:
-    tmp = tmp_path_factory.mktemp("import")
-    server = ServeProcess(tmp / "data", tmp / "server.log")
-    try:
-        server.start().close()
+    with serving(tmp_path_factory.mktemp("import")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture()
