@@ -61,9 +61,14 @@ class ChromaPeer(Peer):
         env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
-        self.client = chromadb.HttpClient(host="127.0.0.1", port=self.port,
-                                          settings=Settings(anonymized_telemetry=False))  # fmt: skip
-        wait_until(lambda: bool(self.client.heartbeat()), self.proc, "chroma run", log)
+
+        def ready() -> bool:
+            # The client checks the server when it is made: made once the server answers.
+            self.client = chromadb.HttpClient(host="127.0.0.1", port=self.port,
+                                              settings=Settings(anonymized_telemetry=False))  # fmt: skip
+            return bool(self.client.heartbeat())
+
+        wait_until(ready, self.proc, "chroma run", log)
         if self.collection_id:
             self.collection = self.client.get_collection(COLLECTION, embedding_function=None)
 
@@ -71,10 +76,9 @@ class ChromaPeer(Peer):
         return f"Chroma {version('chromadb')} (server API {self.client.get_version()})"
 
     def durability(self) -> str:
-        # Chroma's local server writes each add to its SQLite log (journal_mode WAL, sqlx's
-        # synchronous = FULL) before answering; checked with strace -f -e fdatasync: one or
-        # more fdatasync calls per add on chroma.sqlite3-wal.
-        return "yes (SQLite log, fdatasync before the answer)"
+        # Not a setting it reports: seen with `strace -f -e fsync` on `chroma run` (1.5.9), where
+        # every add fsyncs its SQLite files (chroma.sqlite3 and its journal) before it answers.
+        return "yes (SQLite, fsync before the answer)"
 
     def create(self, dim: int) -> None:
         hnsw = {"space": "cosine", "max_neighbors": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION,

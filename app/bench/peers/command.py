@@ -108,7 +108,7 @@ def compare(
         f"{load_after:.1f} after."
     )  # fmt: skip
     if notes:
-        caption += " " + " ".join(f"Note: {n}." for n in notes)
+        caption += " " + " ".join(f"Note: {n.rstrip('.')}." for n in notes)
     text = markdown(table_rows(results), caption, plan.connections)
     out.mkdir(parents=True, exist_ok=True)
     (out / "peers.md").write_text(text)

@@ -70,7 +70,7 @@ class RedisPeer(Peer):
         env = {**os.environ, "LD_LIBRARY_PATH": f"{plain}:{libs}"}
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir)
-        self.client = redis.Redis(host="127.0.0.1", port=self.port)
+        self.client = redis.Redis(host="127.0.0.1", port=self.port, protocol=2)
         wait_until(self.client.ping, self.proc, "redis-server", log)
 
     def stop(self) -> None:
@@ -123,11 +123,11 @@ class RedisPeer(Peer):
     def connect(self) -> Any:
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=self.port)
+        return redis.Redis(host="127.0.0.1", port=self.port, protocol=2)
 
     def search(self, conn: Any, query: np.ndarray, k: int) -> list[int]:
         reply = conn.execute_command(*self._query_args(query, k))
-        # NOCONTENT: [total, key, key, ...]
+        # RESP2 with NOCONTENT: [total, key, key, ...] (RESP3 would answer maps, slower to parse)
         return [int(key[len(PREFIX):]) for key in reply[1:]]
 
     def search_many(self, queries: np.ndarray, k: int) -> np.ndarray:
