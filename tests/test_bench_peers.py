@@ -120,13 +120,15 @@ def test_table_rows_and_ratios_against_annserve_with_the_same_generator() -> Non
     assert r[("chroma", "wrk")]["server_cpu"] == pytest.approx(1500 / 250)
     text = markdown(rows, "caption here", 16)
     assert "| redis 1.0 | python | 16 (0.960) | 6,000/s | 100 us | 0.60 |" in text
+    assert "| 5,000 / 2,500 vec/s (20.0 s) | 50 MiB |" in text
     assert "16 (0.900, target not reached)" in text
     assert "| redis | python | 0.50x | 0.33x | 0.25x | 2.00x | 0.50x |" in text
     assert "caption here" in text
 
 
 def test_no_ratios_without_an_annserve_row_of_that_generator() -> None:
-    rows = table_rows([result("annserve", "wrk", 4000, 250, 0.5, 10.0), result("redis", "python", 6000, 100, 0.2, 20.0)])
+    ours, redis = result("annserve", "wrk", 4000, 250, 0.5, 10.0), result("redis", "python", 6000, 100, 0.2, 20.0)
+    rows = table_rows([ours, redis])
     assert ratios(rows) == {}
     with pytest.raises(ValueError, match="matched run"):
         table_rows([PeerResult("x", "x", "no", 1, 1.0, 1.0, 1)])

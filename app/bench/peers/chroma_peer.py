@@ -60,7 +60,8 @@ class ChromaPeer(Peer):
                    "--port", str(self.port)]  # fmt: skip
         env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                         cwd=self.workdir)  # fmt: skip
 
         def ready() -> bool:
             # The client checks the server when it is made: made once the server answers.

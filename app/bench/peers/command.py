@@ -103,7 +103,9 @@ def compare(
         f"search. Every service: HNSW M={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION}, on loopback; the "
         f"knob is the smallest ef reaching recall@{plan.k} {plan.target_recall} (sweep runs "
         f"{plan.sweep_seconds:g} s, matched runs {plan.seconds:g} s, p50 with one connection). Server CPU from "
-        f"/proc of the server's processes and their children; client CPU of the load generator's processes. "
+        f"/proc of the server's processes and their children; client CPU of the load generator's processes "
+        f"(wrk: C, 2 threads; python: one process per connection); memory: PSS summed over the server's "
+        f"processes after the runs (shared pages counted once). "
         f"Machine: {machine()}; {started:%Y-%m-%d %H:%M} UTC; load average {load_before:.1f} before, "
         f"{load_after:.1f} after."
     )  # fmt: skip

@@ -109,7 +109,8 @@ def say(peer: Peer, text: str) -> None:
 
 
 def describe(run: LoadRun) -> str:
-    return (f"{run.rps:,.0f}/s, server {run.server_us_per_search:,.0f} us/search ({run.server_cores:.2f} cores), "
+    return (f"{run.rps:,.0f}/s, server {run.server_us_per_search:,.0f} us/search "
+            f"({run.server_cores:.2f} cores), "
             f"client {run.client_us_per_search:,.0f} us/search ({run.client_cores:.2f} cores), "
             f"p50 {run.p50_ms:.2f} ms, failures {run.failures}")  # fmt: skip
 
@@ -146,7 +147,8 @@ def measure_peer(peer: Peer, plan: Plan, workdir: Path) -> PeerResult:
     recall = recall_at_k(peer.search_many(plan.data.queries, plan.k), plan.truth)  # also a warm-up
     full = load(peer, plan, plan.connections, plan.seconds, workdir, python=False)
     result.matched = SweepPoint(knob.ef, recall, full)
-    say(peer, f"matched ef {knob.ef}: recall@{plan.k} {recall:.3f}, {plan.connections} conns: {describe(full)}")
+    say(peer, f"matched ef {knob.ef}: recall@{plan.k} {recall:.3f}, "
+              f"{plan.connections} conns: {describe(full)}")  # fmt: skip
     result.single = load(peer, plan, 1, min(plan.seconds, P50_SECONDS), workdir, python=False)
     say(peer, f"one connection: {describe(result.single)}")
     if peer.http:

@@ -57,8 +57,8 @@ class PgvectorPeer(Peer):
             os.chown(self.home, nobody.pw_uid, nobody.pw_gid)
             user = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
         data, log = self.home / "data", workdir / "postgres.log"
-        subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                       check=True, capture_output=True, cwd=self.home, **user)  # fmt: skip
+        initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+        subprocess.run(initdb, check=True, capture_output=True, cwd=self.home, **user)
         self.port = free_port()
         command = [str(bin_dir / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(self.home),
                    "-c", "listen_addresses=127.0.0.1"]  # fmt: skip
@@ -95,7 +95,8 @@ class PgvectorPeer(Peer):
         return f"Postgres {pg} + pgvector {vec} (pgserver {version('pgserver')})"
 
     def durability(self) -> str:
-        fsync, commit = (self.admin.execute(f"SHOW {name}").fetchone()[0] for name in ("fsync", "synchronous_commit"))
+        fsync, commit = (self.admin.execute(f"SHOW {name}").fetchone()[0]
+                         for name in ("fsync", "synchronous_commit"))  # fmt: skip
         ok = fsync == "on" and commit in ("on", "remote_write", "remote_apply", "local")
         return f"{'yes' if ok else 'no'} (fsync {fsync}, synchronous_commit {commit})"
 

@@ -30,7 +30,8 @@ def openssl11_dir() -> Path:
     try:
         import psycopg2  # noqa: F401  (only its wheel's files are wanted)
     except ImportError:
-        raise PeerMissing(f"redis: Redis Stack needs OpenSSL 1.1, taken from psycopg2-binary: {INSTALL}") from None
+        needs = "redis: Redis Stack needs OpenSSL 1.1, taken from psycopg2-binary"
+        raise PeerMissing(f"{needs}: {INSTALL}") from None
     libs = Path(psycopg2.__file__).parent.parent / "psycopg2_binary.libs"
     if not list(libs.glob("libssl-*.so.1.1")):
         raise PeerMissing(f"redis: no libssl 1.1 in {libs} (psycopg2-binary 2.9.5 carries it): {INSTALL}")
@@ -117,8 +118,9 @@ class RedisPeer(Peer):
             time.sleep(0.05)
 
     def _query_args(self, query: np.ndarray, k: int) -> list:
-        return ["FT.SEARCH", INDEX, f"*=>[KNN {k} @vec $q EF_RUNTIME {self.ef}]", "PARAMS", "2",
-                "q", query.astype("<f4").tobytes(), "NOCONTENT", "LIMIT", "0", str(k), "DIALECT", "2"]  # fmt: skip
+        return ["FT.SEARCH", INDEX, f"*=>[KNN {k} @vec $q EF_RUNTIME {self.ef}]",
+                "PARAMS", "2", "q", query.astype("<f4").tobytes(),
+                "NOCONTENT", "LIMIT", "0", str(k), "DIALECT", "2"]  # fmt: skip
 
     def connect(self) -> Any:
         import redis

@@ -27,6 +27,7 @@ class Row:
     p50_ms: float
     insert_rate: float
     ready_rate: float
+    ready_s: float
     memory_mib: float
     durability: str
 
@@ -44,7 +45,7 @@ def table_rows(results: list[PeerResult]) -> list[Row]:
             runs.append((r.cross, r.cross_single))
         for run, single in runs:
             rows.append(Row(r.name, r.version, run.generator, r.matched.ef, r.matched.recall, r.reached, run,
-                            single.p50_ms, r.insert_rate, r.ready_rate, r.memory_bytes / 2**20,
+                            single.p50_ms, r.insert_rate, r.ready_rate, r.ready_s, r.memory_bytes / 2**20,
                             r.durability))  # fmt: skip
     return rows
 
@@ -80,7 +81,7 @@ def markdown(rows: list[Row], caption: str, connections: int) -> str:
     lines = [
         f"| service | load generator | ef (recall@10) | throughput, {connections} conns | server CPU per search "
         "| server cores used | client CPU per search (cores) | single-client p50 "
-        "| ingest, batches of 1000: insert / to index-ready | memory (PSS) | fsync before ack |",
+        "| ingest, batches of 1000: insert / to index-ready (time to ready) | memory (PSS) | fsync before ack |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for row in rows:
@@ -90,7 +91,8 @@ def markdown(rows: list[Row], caption: str, connections: int) -> str:
             f"| {row.version} | {row.generator} | {row.ef} ({recall}) | {run.rps:,.0f}/s "
             f"| {run.server_us_per_search:,.0f} us | {run.server_cores:.2f} "
             f"| {run.client_us_per_search:,.0f} us ({run.client_cores:.2f}) | {row.p50_ms:.2f} ms "
-            f"| {row.insert_rate:,.0f} / {row.ready_rate:,.0f} vec/s | {row.memory_mib:,.0f} MiB "
+            f"| {row.insert_rate:,.0f} / {row.ready_rate:,.0f} vec/s ({row.ready_s:.1f} s) "
+            f"| {row.memory_mib:,.0f} MiB "
             f"| {row.durability} |"
         )
     lines += ["", caption, ""]
@@ -117,7 +119,7 @@ def plot(results: list[PeerResult], path: Path, title: str, connections: int, ta
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 6))
+    fig, ax = plt.subplots(figsize=(9, 7))
     for r in results:
         recall = [p.recall for p in r.sweep]
         rps = [p.load.rps for p in r.sweep]
@@ -132,7 +134,7 @@ def plot(results: list[PeerResult], path: Path, title: str, connections: int, ta
     ax.set_ylabel(f"searches/s at {connections} connections (log)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
