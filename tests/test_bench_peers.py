@@ -5,6 +5,7 @@ with a peer that is not installed and one that fails to start, both left out wit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 from annserve.bench.datasets import Dataset
 from annserve.bench.peers import Peer, PeerMissing, parse_peers, peer_classes
 from annserve.bench.peers import command as peers_command
-from annserve.bench.peers.driver import PeerResult, SweepPoint, matched_point
+from annserve.bench.peers.driver import PeerResult, SweepPoint, matched_point, median_of
 from annserve.bench.peers.loadgen import LoadRun
 from annserve.bench.peers.proc import process_tree, stat_fields, tree_cpu_seconds, tree_pss_bytes
 from annserve.bench.peers.table import markdown, ratios, table_rows
@@ -87,12 +88,22 @@ def test_matched_point_is_the_smallest_ef_reaching_the_target() -> None:
         matched_point([], 0.95)
 
 
+def test_median_of_rounds_keeps_the_middle_run_and_every_round() -> None:
+    made = iter([run("python", 900, 10, 3.0), run("python", 1200, 20, 1.0), run("python", 1000, 30, 2.0)])
+    middle = median_of(lambda: next(made), 3, "rps")
+    assert middle.rps == pytest.approx(1000) and middle.server_us_per_search == pytest.approx(30)
+    assert middle.rounds == pytest.approx((900, 1000, 1200))
+    made = iter([run("python", 900, 10, 3.0), run("python", 1200, 20, 1.0)])
+    assert median_of(lambda: next(made), 2, "p50_ms").p50_ms == 1.0  # even: the lower middle
+
+
 def result(name: str, generator: str, rps: float, server_us: float, p50: float, ready_s: float,
            recall: float = 0.96, cross: LoadRun | None = None, memory: int = 100 * 2**20) -> PeerResult:  # fmt: skip
     r = PeerResult(name, f"{name} 1.0", "yes (test)", 50_000, ready_s / 2, ready_s, memory)
     r.sweep = [point(16, recall, rps, generator)]
-    r.matched = SweepPoint(16, recall, run(generator, rps, server_us, p50))
-    r.single = run(generator, 1000, server_us, p50)
+    r.matched = SweepPoint(16, recall, dataclasses.replace(run(generator, rps, server_us, p50),
+                                                           rounds=(rps * 0.9, rps, rps * 1.1)))
+    r.single = dataclasses.replace(run(generator, 1000, server_us, p50), rounds=(p50 * 0.9, p50, p50 * 1.2))
     if cross is not None:
         r.cross, r.cross_single = cross, run("python", 900, server_us, p50 * 2)
     return r
@@ -119,7 +130,8 @@ def test_table_rows_and_ratios_against_annserve_with_the_same_generator() -> Non
     assert r[("chroma", "wrk")]["throughput"] == pytest.approx(4000 / 800)
     assert r[("chroma", "wrk")]["server_cpu"] == pytest.approx(1500 / 250)
     text = markdown(rows, "caption here", 16)
-    assert "| redis 1.0 | python | 16 (0.960) | 6,000/s | 100 us | 0.60 |" in text
+    assert "| redis 1.0 | python | 16 (0.960) | 6,000/s (5,400-6,600) | 100 us | 0.60 |" in text
+    assert "| 0.25 ms (0.23-0.30) |" in text
     assert "| 5,000 / 2,500 vec/s (20.0 s) | 50 MiB |" in text
     assert "16 (0.900, target not reached)" in text
     assert "| redis | python | 0.50x | 0.33x | 0.25x | 2.00x | 0.50x |" in text
@@ -166,7 +178,7 @@ def test_annserve_alone_on_real_embeddings(tmp_path: Path, monkeypatch: pytest.M
     classes = {**peer_classes(), "ghost": NotInstalled, "broken": FailsToStart}
     monkeypatch.setattr(peers_command, "peer_classes", lambda: classes)
     options = {"k": 10, "connections": 4, "seconds": 1.0, "sweep_seconds": 1.0, "target_recall": 0.95,
-               "wrk_exe": "wrk", "ladder": (10, 16, 32, 64, 128)}  # fmt: skip
+               "wrk_exe": "wrk", "ladder": (10, 16, 32, 64, 128), "rounds": 2}  # fmt: skip
     children_before = set(process_tree(os.getpid()))
     results, text = peers_command.compare(["ghost", "broken"], data, "MiniLM test subset", options,
                                           out=tmp_path / "out", workdir=tmp_path / "work")  # fmt: skip
@@ -182,6 +194,7 @@ def test_annserve_alone_on_real_embeddings(tmp_path: Path, monkeypatch: pytest.M
         assert load.requests > 0 and load.failures == 0
         assert 0 < load.server_us_per_search < 100_000 and load.client_cpu_s > 0
     assert (r.matched.load.generator, r.cross.generator) == ("wrk", "python")
+    assert len(r.matched.load.rounds) == len(r.cross_single.rounds) == 2
     assert r.memory_bytes > 10 * 2**20
     assert "ghost skipped, not installed: ghost: ghost-db is not installed" in text
     assert "broken failed, left out: RuntimeError: broken exited with code 1" in text

@@ -6,13 +6,16 @@
    ground truth, and throughput at `connections` connections for a short run; stops once recall
    is near 1 (further points add cost, not information);
 3. at the matched knob (the smallest ef reaching the target recall): throughput, server CPU per
-   search and the client's CPU for a full run, then p50 with one connection;
+   search and the client's CPU for a full run, then p50 with one connection, each the median of
+   `rounds` runs;
 4. stop it, whatever happened."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,7 @@ EF_LADDER = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 INGEST_BATCH = 1000
 STOP_RECALL = 0.995  # the sweep ends at the first ef reaching this
 P50_SECONDS = 5.0  # the single-connection run
+ROUNDS = 3  # matched and single-connection runs are each the median of this many rounds
 
 
 @dataclass
@@ -92,6 +96,7 @@ class Plan:
     target_recall: float
     wrk_exe: str | None
     ladder: tuple[int, ...] = EF_LADDER
+    rounds: int = ROUNDS
 
 
 def load(peer: Peer, plan: Plan, connections: int, seconds: float, workdir: Path, python: bool) -> LoadRun:
@@ -104,15 +109,25 @@ def load(peer: Peer, plan: Plan, connections: int, seconds: float, workdir: Path
     return run_python_clients(peer, queries, plan.k, connections, seconds)
 
 
+def median_of(run: Callable[[], LoadRun], rounds: int, by: str) -> LoadRun:
+    """`rounds` calls of `run()`: the one with the median `by` ('rps' or 'p50_ms'; the lower
+    middle for an even count), holding every round's value in `rounds`. A noisy neighbour on a
+    shared machine moves single runs by tens of percent; the median of a few shrugs it off."""
+    runs = sorted((run() for _ in range(rounds)), key=lambda r: getattr(r, by))
+    middle = runs[(len(runs) - 1) // 2]
+    return dataclasses.replace(middle, rounds=tuple(getattr(r, by) for r in runs))
+
+
 def say(peer: Peer, text: str) -> None:
     print(f"  {peer.name}: {text}", flush=True)
 
 
 def describe(run: LoadRun) -> str:
+    spread = f" (rounds {', '.join(f'{v:,.2f}' for v in run.rounds)})" if len(run.rounds) > 1 else ""
     return (f"{run.rps:,.0f}/s, server {run.server_us_per_search:,.0f} us/search "
             f"({run.server_cores:.2f} cores), "
             f"client {run.client_us_per_search:,.0f} us/search ({run.client_cores:.2f} cores), "
-            f"p50 {run.p50_ms:.2f} ms, failures {run.failures}")  # fmt: skip
+            f"p50 {run.p50_ms:.2f} ms, failures {run.failures}{spread}")  # fmt: skip
 
 
 def measure_peer(peer: Peer, plan: Plan, workdir: Path) -> PeerResult:
@@ -145,15 +160,21 @@ def measure_peer(peer: Peer, plan: Plan, workdir: Path) -> PeerResult:
     knob = matched_point(result.sweep, plan.target_recall)
     peer.set_ef(knob.ef)
     recall = recall_at_k(peer.search_many(plan.data.queries, plan.k), plan.truth)  # also a warm-up
-    full = load(peer, plan, plan.connections, plan.seconds, workdir, python=False)
+    single_s = min(plan.seconds, P50_SECONDS)
+
+    def median_load(connections: int, seconds: float, python: bool) -> LoadRun:
+        by = "rps" if connections > 1 else "p50_ms"
+        return median_of(lambda: load(peer, plan, connections, seconds, workdir, python), plan.rounds, by)
+
+    full = median_load(plan.connections, plan.seconds, python=False)
     result.matched = SweepPoint(knob.ef, recall, full)
     say(peer, f"matched ef {knob.ef}: recall@{plan.k} {recall:.3f}, "
               f"{plan.connections} conns: {describe(full)}")  # fmt: skip
-    result.single = load(peer, plan, 1, min(plan.seconds, P50_SECONDS), workdir, python=False)
+    result.single = median_load(1, single_s, python=False)
     say(peer, f"one connection: {describe(result.single)}")
     if peer.http:
-        result.cross = load(peer, plan, plan.connections, plan.seconds, workdir, python=True)
-        result.cross_single = load(peer, plan, 1, min(plan.seconds, P50_SECONDS), workdir, python=True)
+        result.cross = median_load(plan.connections, plan.seconds, python=True)
+        result.cross_single = median_load(1, single_s, python=True)
         say(peer, f"Python client, {plan.connections} conns: {describe(result.cross)}; "
                   f"one connection: p50 {result.cross_single.p50_ms:.2f} ms")  # fmt: skip
     result.memory_bytes = max(memory, tree_pss_bytes(peer.server_pid()))

@@ -58,6 +58,9 @@ class LoadRun:
     p50_ms: float
     server_cpu_s: float
     client_cpu_s: float
+    # When this run is the median of several (driver.median_of): every round's figure it was
+    # chosen by (searches/s, or p50 ms for one connection), sorted.
+    rounds: tuple[float, ...] = ()
 
     @property
     def rps(self) -> float:

@@ -25,6 +25,7 @@ class Row:
     reached: bool
     run: LoadRun
     p50_ms: float
+    p50_rounds: tuple[float, ...]
     insert_rate: float
     ready_rate: float
     ready_s: float
@@ -45,7 +46,8 @@ def table_rows(results: list[PeerResult]) -> list[Row]:
             runs.append((r.cross, r.cross_single))
         for run, single in runs:
             rows.append(Row(r.name, r.version, run.generator, r.matched.ef, r.matched.recall, r.reached, run,
-                            single.p50_ms, r.insert_rate, r.ready_rate, r.ready_s, r.memory_bytes / 2**20,
+                            single.p50_ms, single.rounds, r.insert_rate, r.ready_rate, r.ready_s,
+                            r.memory_bytes / 2**20,
                             r.durability))  # fmt: skip
     return rows
 
@@ -79,18 +81,23 @@ def _x(value: float) -> str:
 def markdown(rows: list[Row], caption: str, connections: int) -> str:
     """The two tables: the figures, then the ratios."""
     lines = [
-        f"| service | load generator | ef (recall@10) | throughput, {connections} conns | server CPU per search "
-        "| server cores used | client CPU per search (cores) | single-client p50 "
+        f"| service | load generator | ef (recall@10) | throughput, {connections} conns (range) | server CPU per search "
+        "| server cores used | client CPU per search (cores) | single-client p50 (range) "
         "| ingest, batches of 1000: insert / to index-ready (time to ready) | memory (PSS) | fsync before ack |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for row in rows:
         run = row.run
         recall = f"{row.recall:.3f}" + ("" if row.reached else ", target not reached")
+        rps, p50 = f"{run.rps:,.0f}/s", f"{row.p50_ms:.2f} ms"
+        if len(run.rounds) > 1:  # the median of rounds: their range beside it
+            rps += f" ({run.rounds[0]:,.0f}-{run.rounds[-1]:,.0f})"
+        if len(row.p50_rounds) > 1:
+            p50 += f" ({row.p50_rounds[0]:.2f}-{row.p50_rounds[-1]:.2f})"
         lines.append(
-            f"| {row.version} | {row.generator} | {row.ef} ({recall}) | {run.rps:,.0f}/s "
+            f"| {row.version} | {row.generator} | {row.ef} ({recall}) | {rps} "
             f"| {run.server_us_per_search:,.0f} us | {run.server_cores:.2f} "
-            f"| {run.client_us_per_search:,.0f} us ({run.client_cores:.2f}) | {row.p50_ms:.2f} ms "
+            f"| {run.client_us_per_search:,.0f} us ({run.client_cores:.2f}) | {p50} "
             f"| {row.insert_rate:,.0f} / {row.ready_rate:,.0f} vec/s ({row.ready_s:.1f} s) "
             f"| {row.memory_mib:,.0f} MiB "
             f"| {row.durability} |"
