@@ -121,6 +121,10 @@ class PgvectorPeer(Peer):
         count = self.admin.execute("SELECT count(*) FROM items").fetchone()[0]
         if count != n:
             raise RuntimeError(f"pgvector: expected {n} rows, got {count}")
+        # A full scan would be exact and slow: the figures are the index's only if the plan is.
+        sample = self._vector(self.admin.execute("SELECT embedding FROM items LIMIT 1").fetchone()[0])
+        if not self.uses_index(sample, 10):
+            raise RuntimeError("pgvector: the planner does not use the HNSW index for the search")
 
     def connect(self) -> Any:
         from pgvector.psycopg import register_vector
@@ -134,6 +138,10 @@ class PgvectorPeer(Peer):
         rows = conn.execute("SELECT id FROM items ORDER BY embedding <=> %s LIMIT %s", (query, k),
                             prepare=True).fetchall()  # fmt: skip
         return [r[0] for r in rows]
+
+    @staticmethod
+    def _vector(value: Any) -> np.ndarray:
+        return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
 
     def uses_index(self, query: np.ndarray, k: int) -> bool:
         """Whether the planner answers the search through the HNSW index (not a full scan)."""
