@@ -43,6 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ..indexes import brute_force_knn, recall_at_k
 
 from .datasets import Dataset, DatasetMissing, fashion_pca, synthetic_clusters
+from .peers import parse_peers
 from .server_process import ServeProcess
 
 K = 10
@@ -530,20 +531,28 @@ def bench_http(
     rebuild_timeout: float = typer.Option(1800, min=1, help="seconds a rebuild may take, then the run fails"),
     lag_seconds: int = typer.Option(10, min=1, help="length of the event-loop lag run under mixed load"),
     keep: Optional[Path] = typer.Option(None, help="keep the server's data and log in this directory"),
+    peers: Optional[str] = typer.Option(None, help="instead, compare with other services: a comma list of "
+                                        "redis, chroma, pgvector, or all, or none (annserve alone)"),
 ) -> None:
     """Measure the service over HTTP: ingest, recall, latency, throughput, event-loop lag under
-    mixed load, search during a rebuild."""
+    mixed load, search during a rebuild. With --peers: annserve against other services instead."""
     load_before = f"{os.getloadavg()[0]:.1f}"
     wrk_exe = shutil.which("wrk")  # checked first: the throughput run comes after minutes of ingest
     try:
         if wrk_exe is None:
             raise ValueError("wrk is not installed (apt-get install wrk)")
+        chosen_peers = parse_peers(peers) if peers is not None else None
         dataset, source = load_data(data, n, queries, dim)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
     n, dim = dataset.base.shape
     print(f"data: {source}; {len(dataset.queries)} queries")
+    if chosen_peers is not None:  # the comparison (app/bench/peers): its own runs and table
+        from .peers.command import run_from_cli
+
+        run_from_cli(chosen_peers, dataset, source, kind, connections, seconds, target_recall, wrk_exe, keep)
+        return
 
     workdir = Path(keep or tempfile.mkdtemp(prefix="annserve-bench-http-"))
     workdir.mkdir(parents=True, exist_ok=True)
