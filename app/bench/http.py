@@ -7,7 +7,11 @@ loads a 50K x 384 collection, and measures what a client sees:
 - recall@10 of the bench queries at the search params used (the smallest `ef` that reaches
   `--target-recall` on those queries, against exact ground truth, `indexes.brute_force_knn`)
 - single-client search latency p50/p99 (httpx, one keep-alive connection)
-- throughput at `--connections` concurrent connections (wrk, a different query body per request)
+- throughput at `--connections` concurrent connections (wrk, a different query body per request),
+  again with `vector_b64` bodies, and wrk at one connection (p50), each with server CPU per search
+- ingest from one connection (JSON lists, base64), into a collection of its own
+- a batch search of all the queries in one request (JSON lists, base64) against the same saved
+  main index loaded and searched in this process with the same params
 - the event loop's lag (`annserve_event_loop_lag_seconds`, probed every millisecond) while search
   clients, JSON upserts of bodies near the 32 MiB cap and searches queued behind their writes run
   together, and the slowest `/healthz` answer meanwhile
