@@ -132,3 +132,19 @@ def test_random_bodies_equal_orjson():
         raw = ("{" + sep[0].join(json.dumps(k) + sep[1] + json.dumps(v, separators=sep) for k, v in members) + "}").encode()
         cut += check(mutate(raw) if rnd.random() < 0.3 else raw)
     assert cut > 1000  # most bodies were cut: the comparison covered the pieces path
+
+
+def test_the_gil_is_handed_over_at_most_once_a_switch_interval(monkeypatch):
+    """Each hand-over is a timer sleep (50-80 us of wall time): back-to-back pieces share one,
+    and once a switch interval has passed the next piece hands over again."""
+    sleeps = []
+    monkeypatch.setattr(json_pieces.time, "sleep", sleeps.append)
+    interval = 0.05
+    monkeypatch.setattr(json_pieces.sys, "getswitchinterval", lambda: interval)
+    json_pieces._hand_over.at = 0.0
+    for _ in range(100):
+        json_pieces.hand_over_gil()
+    assert len(sleeps) == 1
+    json_pieces._hand_over.at -= interval  # as if a switch interval had passed
+    json_pieces.hand_over_gil()
+    assert len(sleeps) == 2

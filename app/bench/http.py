@@ -7,7 +7,11 @@ loads a 50K x 384 collection, and measures what a client sees:
 - recall@10 of the bench queries at the search params used (the smallest `ef` that reaches
   `--target-recall` on those queries, against exact ground truth, `indexes.brute_force_knn`)
 - single-client search latency p50/p99 (httpx, one keep-alive connection)
-- throughput at `--connections` concurrent connections (wrk, a different query body per request)
+- throughput at `--connections` concurrent connections (wrk, a different query body per request),
+  again with `vector_b64` bodies, and wrk at one connection (p50), each with server CPU per search
+- ingest from one connection (JSON lists, base64), into a collection of its own
+- a batch search of all the queries in one request (JSON lists, base64) against the same saved
+  main index loaded and searched in this process with the same params
 - the event loop's lag (`annserve_event_loop_lag_seconds`, probed every millisecond) while search
   clients, JSON upserts of bodies near the 32 MiB cap and searches queued behind their writes run
   together, and the slowest `/healthz` answer meanwhile
@@ -50,6 +54,8 @@ K = 10
 DATA_SOURCES = ("fashion", "synthetic")
 EF_LADDER = (10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 UPSERT_BATCH = 1000
+BATCH_ROUNDS = 7  # interleaved rounds of batch search over HTTP and in-process
+ONE_CLIENT_ITEMS = 10_000  # items upserted from one connection, per encoding
 REQUEST_TIMEOUT = 600.0  # seconds for one HTTP request (an upsert batch of 1000 x 384 included)
 LAG_METRIC = "annserve_event_loop_lag_seconds"
 LAG_SEARCH_CLIENTS = 4  # sequential search clients during the loop-lag run
@@ -131,6 +137,59 @@ def search_bodies(queries: np.ndarray, k: int, params: dict) -> list[bytes]:
         orjson.dumps({"vector": q, "k": k, "params": params}, option=orjson.OPT_SERIALIZE_NUMPY)
         for q in queries
     ]
+
+
+def search_bodies_b64(queries: np.ndarray, k: int, params: dict) -> list[bytes]:
+    """The same searches with `vector_b64` (little-endian float32) in place of number lists."""
+    return [orjson.dumps({"vector_b64": b64_floats(q), "k": k, "params": params}) for q in queries]
+
+
+def b64_floats(x: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(x, dtype="<f4").tobytes()).decode()
+
+
+def batch_vs_in_process(
+    client: httpx.Client, server: ServeProcess, name: str, queries: np.ndarray, params: dict,
+    rounds: int = BATCH_ROUNDS,
+) -> dict[str, float]:  # fmt: skip
+    """One `/search/batch` of all `queries` (JSON lists, then base64) against the same saved
+    main index loaded here and searched in this process with the same params, interleaved
+    `rounds` times: median seconds of each, and the server's mean CPU seconds per request.
+    The collection must have one shard and an empty fresh index (just rebuilt)."""
+    from ..indexes import load_index  # the library only, as a user would call it
+
+    files = sorted((server.data_dir / "collections" / name / "shard-0").glob("main-*.idx"))
+    if not files:
+        raise RuntimeError(f"no main index file for collection {name!r} under {server.data_dir}")
+    index = load_index(files[-1])
+    k = K
+    bodies = {
+        "json": orjson.dumps({"vectors": queries, "k": k, "params": params}, option=orjson.OPT_SERIALIZE_NUMPY),
+        "b64": orjson.dumps({"vectors_b64": b64_floats(queries), "k": k, "params": params}),
+    }
+
+    def over_http(body: bytes) -> None:
+        r = client.post(f"/collections/{name}/search/batch", content=body)
+        r.raise_for_status()
+
+    runs: dict[str, list[float]] = {"json": [], "b64": [], "in_process": []}
+    cpu: dict[str, list[float]] = {"json": [], "b64": []}
+    for round_ in range(rounds + 1):  # the first round warms up and is not counted
+        for key in runs:
+            before, t0 = server.cpu_seconds(), time.perf_counter()
+            if key == "in_process":
+                index.search(queries, k, **params)
+            else:
+                over_http(bodies[key])
+            took = time.perf_counter() - t0
+            if round_:
+                runs[key].append(took)
+                if key in cpu:
+                    cpu[key].append(server.cpu_seconds() - before)
+    out = {key: float(np.median(v)) for key, v in runs.items()}
+    # CPU from /proc ticks (10 ms) is too coarse for one request: the mean over the rounds.
+    out.update({f"{key}_cpu": sum(v) / len(v) for key, v in cpu.items()})
+    return out
 
 
 def search_recall(
@@ -375,7 +434,8 @@ def wrk(
     script, data = workdir / "search.lua", workdir / "bodies.jsonl"
     script.write_text(WRK_SCRIPT)
     data.write_bytes(b"\n".join(bodies) + b"\n")
-    command = [exe, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
+    # wrk needs a connection per thread: one connection, one thread.
+    command = [exe, f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
     command += ["--", str(data)]
     run = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60)
     return parse_wrk(run.stdout)
@@ -451,6 +511,7 @@ def measure(
         ("  server CPU per vector (us)", f"{cpu_b64 * 1e6:.0f}", ""),
     ]
     print(f"ingest: {rate_json:,.0f} vec/s (JSON), {rate_b64:,.0f} vec/s (base64)")
+    rows += ingest_one_client(server, client, base, data.dim, data.metric, kind)
 
     t = time.perf_counter()
     job = rebuild_and_wait(client, name, rebuild_timeout)
@@ -488,6 +549,32 @@ def measure(
     ]
     print(f"wrk: {result}")
 
+    url = f"{server.url}/collections/{name}/search"
+    cpu = server.cpu_seconds()
+    b64 = wrk(wrk_exe, url, search_bodies_b64(qs, K, params), workdir, connections, seconds)
+    cpu_b64 = (server.cpu_seconds() - cpu) / max(b64["requests"], 1)
+    rows += [
+        ("  the same with vector_b64 (searches/s)", f"{b64['rps']:,.0f}", ""),
+        ("  server CPU per search (us)", f"{cpu_b64 * 1e6:.0f}", "<= 200"),
+    ]
+    print(f"wrk, vector_b64: {b64}")
+    cpu = server.cpu_seconds()
+    one = wrk(wrk_exe, url, bodies, workdir, 1, seconds)
+    cpu_one = (server.cpu_seconds() - cpu) / max(one["requests"], 1)
+    rows += [
+        ("wrk, 1 conn: p50 / p99 (ms)", f"{one['p50_ms']:.2f} / {one['p99_ms']:.2f}", "p50 <= 0.6"),
+        ("  searches/s; server CPU per search (us)", f"{one['rps']:,.0f}; {cpu_one * 1e6:.0f}", ""),
+    ]
+    print(f"wrk, 1 connection: {one}")
+
+    batch = batch_vs_in_process(client, server, name, qs, params)
+    for key, label in (("json", "JSON lists"), ("b64", "base64")):
+        rows.append((f"batch of {len(qs)} over HTTP, {label}: ms (x in-process)",
+                     f"{batch[key] * 1e3:.1f} ({batch['in_process'] / batch[key]:.2f}x)", ">= 0.8x"))  # fmt: skip
+        rows.append(("  server CPU per batch (ms)", f"{batch[key + '_cpu'] * 1e3:.1f}", ""))
+    rows.append(("  in-process, the same index and params (ms)", f"{batch['in_process'] * 1e3:.1f}", ""))
+    print(f"batch search vs in-process: {batch}")
+
     lag = loop_lag_under_load(server.url, client, name, base, bodies, lag_seconds)
     ms = {key: lag[key] * 1e3 for key in ("p50", "p99", "max", "healthz_max", "search_p99")}
     rows += [
@@ -515,6 +602,29 @@ def measure(
               "(a larger --n makes it last longer)")  # fmt: skip
         rows.append(("p99 during rebuild (ms)", "none: rebuild too short", "<= 3x"))
     rows.append(("failures before / during", f"{fail_before} / {fail_during} of {len(during)}", "0"))
+    return rows
+
+
+def ingest_one_client(
+    server: ServeProcess, client: httpx.Client, base: np.ndarray, dim: int, metric: str, kind: str
+) -> list[tuple[str, str, str]]:  # fmt: skip
+    """Vectors/s and server CPU per vector of batch upserts from one connection (JSON lists,
+    then base64) into a collection of their own, deleted afterwards: the report's rows."""
+    name, rows = "bench-one-client", []
+    body = {"name": name, "dim": dim, "metric": metric, "index": {"kind": kind}}
+    client.post("/collections", json=body).raise_for_status()
+    try:
+        n = min(ONE_CLIENT_ITEMS, len(base))
+        for b64, label, target in ((False, "JSON lists", ">= 20,000"), (True, "base64", ">= 50,000")):
+            ids = [f"{'b' if b64 else 'j'}{i}" for i in range(n)]
+            cpu = server.cpu_seconds()
+            rate = ingest(server.url, name, ids, base[:n], b64, 1)
+            per = (server.cpu_seconds() - cpu) / n
+            rows += [(f"ingest, {label}, 1 conn (vec/s)", f"{rate:,.0f}", target),
+                     ("  server CPU per vector (us)", f"{per * 1e6:.0f}", "")]  # fmt: skip
+            print(f"ingest from one client, {label}: {rate:,.0f} vec/s, {per * 1e6:.0f} us CPU per vector")
+    finally:
+        client.delete(f"/collections/{name}").raise_for_status()
     return rows
 
 
