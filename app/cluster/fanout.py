@@ -279,6 +279,23 @@ class NodeClient:
             return outcome
         return self._failed(shard, url, outcome, loop.time() - start)
 
+    async def one_replica(
+        self, shard: ShardNodes, method: str, path: str, content: bytes | None, timeout: float, operation: str
+    ) -> NodeAnswer:
+        """The answer of one replica of `shard` to a call that must be made once (a snapshot):
+        the replicas are asked one after the other, healthy ones first, the next only when one
+        failed (never hedged: two answers would be two snapshots); ShardUnavailable when none answered."""
+        errors: dict[str, str] = {}
+        for url in self._replicas[shard.index].order(time.monotonic()):
+            if errors:
+                self.metrics.failovers.labels(str(shard.index)).inc()
+            outcome = await self.call(shard.index, url, method, path, content, timeout)
+            if isinstance(outcome, NodeAnswer):
+                return outcome
+            errors[url] = outcome
+        self.metrics.shard_unavailable.labels(str(shard.index), operation).inc()
+        raise ShardUnavailable(shard, errors, operation)
+
     async def every_node(
         self, method: str, path: str, content: bytes | None = None, timeout: float | None = None
     ) -> list[tuple[int, str, NodeAnswer | str]]:
