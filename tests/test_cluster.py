@@ -25,6 +25,10 @@ from annserve.cluster.ownership import MISDIRECTED, check_owned, positions_by_sh
 from annserve.cluster.pod import node_environment, ordinal
 from annserve.cluster.topology import Topology
 from annserve.engine.errors import NotFound
+from annserve.engine.inputs import MAX_ID_CHARS
+from annserve.engine.manager import CollectionManager
+from annserve.engine.snapshots import restore_snapshot
+from annserve.settings import Settings
 from starlette.exceptions import HTTPException
 
 integration = pytest.mark.integration
@@ -40,6 +44,8 @@ RECALL_FLOOR = 0.95  # hnswlib at its default ef on GloVe 10K
 # Every process has keys: routers check the client's, and call the nodes with their admin key.
 ADMIN, READ = "cluster-admin-key", "cluster-read-key"
 KEYS = {"ANNSERVE_ADMIN_API_KEY": ADMIN, "ANNSERVE_API_KEY": READ}
+# Half the nodes' searches are re-run exactly, so the online recall test has samples on every node.
+NODE_ENV = {**KEYS, "ANNSERVE_RECALL_SAMPLE_RATE": "0.5"}
 BATCH = 1000
 QUERIES = 200
 
@@ -159,7 +165,7 @@ class Harness:
         self.cluster = LocalCluster(
             tmp / "cluster", LAYOUT,
             routers={"router": router_env, "hedged": {**router_env, "ANNSERVE_HEDGE_AFTER_MS": str(HEDGE_MS)}},
-            node_env=KEYS, client_headers={"X-API-Key": ADMIN},
+            node_env=NODE_ENV, client_headers={"X-API-Key": ADMIN},
         )  # fmt: skip
         self.single = ServeProcess(tmp / "single", tmp / "single.log", env=KEYS)
         self.data = Data(glove)
@@ -451,3 +457,138 @@ def test_killed_shard_is_reported_never_silently_partial(cluster):
     assert ready.status_code == 503 and "shard 0" in ready.json()["detail"]
     assert router.get(f"/collections/{NAME}").status_code == 503
     assert metric_value(router, "annserve_router_shard_unavailable_total", shard="0") >= 1
+
+
+@integration
+def test_bad_ids_get_the_nodes_422(cluster):
+    router, single, data = cluster.router, cluster.single_client, cluster.data
+    vector = data.base[0].tolist()
+    for bad in (5, None, "", "x" * (MAX_ID_CHARS + 1), ["a"], {"a": 1}):
+        body = {"items": [{"id": "fine-1", "vector": vector}, {"id": bad, "vector": vector}]}
+        at_router = router.post(f"/collections/{NAME}/vectors", json=body)
+        at_node = single.post(f"/collections/{NAME}/vectors", json=body)
+        assert at_router.status_code == at_node.status_code == 422, (bad, at_router.text, at_node.text)
+        assert at_router.json()["detail"] == at_node.json()["detail"], bad
+    assert router.get(f"/collections/{NAME}/vectors/fine-1").status_code == 404  # nothing written
+    for bad in ([5], ["a", None], "a"):
+        at_router = router.post(f"/collections/{NAME}/vectors/delete", json={"ids": bad})
+        at_node = single.post(f"/collections/{NAME}/vectors/delete", json={"ids": bad})
+        assert at_router.status_code == at_node.status_code == 422, (bad, at_router.text, at_node.text)
+
+
+def every_node_info(cluster) -> list[dict]:
+    return [node_call("GET", f"{n.url}/collections/{NAME}").json() for n in cluster.cluster.all_nodes]
+
+
+@integration
+def test_online_recall_is_the_nodes_samples_weighted(cluster):
+    router, data = cluster.router, cluster.data
+    # Four searches: the replicas of shard 1 take reads in turn, so each of them serves some.
+    found = [row for lo in range(0, len(data.queries), 50) for row in search_ids(router, data.queries[lo : lo + 50])]
+    measured = recall(found, data.truth)
+    path = f"/collections/{NAME}/recall"
+    deadline = time.monotonic() + 60
+    while True:  # the nodes sample off the request path: wait until every node has samples and they stop coming
+        first = router.get(path).json()
+        time.sleep(1.0)
+        answer = router.get(path)
+        assert answer.status_code == 200, answer.text
+        got = answer.json()
+        if all(n["samples"] > 0 for n in got["nodes"]) and got["samples"] == first["samples"]:
+            break
+        assert time.monotonic() < deadline, got["nodes"]
+    nodes = [node_call("GET", f"{n.url}{path}").json() for n in cluster.cluster.all_nodes]
+    samples = sum(n["samples"] for n in nodes)
+    weighted = sum(n["recall_at_k"] * n["samples"] for n in nodes) / samples
+    assert got["samples"] == samples and len(got["nodes"]) == sum(LAYOUT)
+    assert got["recall_at_k"] == pytest.approx(weighted, abs=1e-6) and got["k"] == 10
+    assert [s["shard"] for s in got["shards"]] == [0, 1, 2] and all(s["samples"] > 0 for s in got["shards"])
+    # The shards' recall estimates the merged answer's (each shard answers its part of the top 10).
+    assert abs(got["recall_at_k"] - measured) < 0.05, (got["recall_at_k"], measured)
+    assert router.get("/collections/missing/recall").status_code == 404
+
+
+@integration
+def test_patch_reaches_every_node_and_a_retry_converges(cluster):
+    router = cluster.router
+    r = router.patch(f"/collections/{NAME}", json={"recall_target": 0.9, "search_params": {"ef": 40}})
+    assert r.status_code == 200, r.text
+    assert r.json()["recall_target"] == 0.9 and all(s["search_params"]["ef"] == 40 for s in r.json()["shard_info"])
+    assert all(i["recall_target"] == 0.9 and i["index"]["search_params"]["ef"] == 40 for i in every_node_info(cluster))
+    for bad, words in (({"recall_target": 2}, "recall_target"), ({"search_params": {"nprobe": 2}}, "nprobe"),
+                       ({"nope": 1}, "nope")):  # fmt: skip
+        r = router.patch(f"/collections/{NAME}", json=bad)
+        assert r.status_code == 422 and words in r.json()["detail"], r.text
+    assert router.patch("/collections/missing", json={"recall_target": 0.9}).status_code == 404
+    paused = cluster.cluster.nodes[1][1]
+    cluster.cluster.pause(paused)
+    try:
+        r = router.patch(f"/collections/{NAME}", json={"recall_target": 0.85, "search_params": {}})
+        assert r.status_code == 503 and paused.url in r.json()["detail"] and "resend" in r.json()["detail"], r.text
+    finally:
+        cluster.cluster.resume(paused)
+    r = router.patch(f"/collections/{NAME}", json={"recall_target": 0.85, "search_params": {}})
+    assert r.status_code == 200, r.text
+    infos = every_node_info(cluster)
+    assert all(i["recall_target"] == 0.85 for i in infos) and len({i["index"]["search_params"]["ef"] for i in infos}) == 1
+
+
+@integration
+def test_tune_fans_out_each_node_keeps_its_choice(cluster):
+    router, data = cluster.router, cluster.data
+    r = router.post(f"/collections/{NAME}/tune", json={"target_recall": 0.9, "k": 10})
+    assert r.status_code == 200, r.text
+    tuned = r.json()
+    assert tuned["knob"] == "ef" and len(tuned["nodes"]) == sum(LAYOUT)
+    assert tuned["recall"] == min(n["recall"] for n in tuned["nodes"]) >= 0.9
+    assert tuned["chosen"]["ef"] == max(n["chosen"]["ef"] for n in tuned["nodes"])
+    by_url = {n["node"]: n for n in tuned["nodes"]}
+    for node in cluster.cluster.all_nodes:  # each node searches with what it chose
+        info = node_call("GET", f"{node.url}/collections/{NAME}").json()
+        assert info["index"]["search_params"]["ef"] == by_url[node.url]["chosen"]["ef"]
+    assert recall(search_ids(router, data.queries), data.truth) >= 0.9 - 0.03
+    assert router.post(f"/collections/{NAME}/tune", json={"target_recall": 0.9, "k": 100_000}).status_code == 422
+    assert router.post("/collections/missing/tune", json={}).status_code == 404
+    assert router.patch(f"/collections/{NAME}", json={"search_params": {}}).status_code == 200  # back to the defaults
+
+
+@integration
+def test_snapshot_is_one_file_per_shard_listed_downloaded_and_restorable(cluster, tmp_path):
+    router = cluster.router
+    r = router.post(f"/collections/{NAME}/snapshots", json={})
+    assert r.status_code == 201, r.text
+    taken = r.json()
+    assert [s["shard"] for s in taken["snapshots"]] == [0, 1, 2]
+    assert taken["bytes"] == sum(s["bytes"] for s in taken["snapshots"])
+    listed = router.get(f"/collections/{NAME}/snapshots").json()["snapshots"]
+    by_name = {s["name"]: s for s in listed}
+    for snap in taken["snapshots"]:
+        # (created_at: the node's list says when the file was finished, its create answer when it began)
+        assert {k: by_name[snap["name"]][k] for k in ("bytes", "shard", "node")} == {
+            k: snap[k] for k in ("bytes", "shard", "node")
+        }
+    counts = [s["count"] for s in router.get(f"/collections/{NAME}").json()["shard_info"]]
+    for snap in taken["snapshots"]:
+        got = router.get(f"/collections/{NAME}/snapshots/{snap['name']}")
+        assert got.status_code == 200 and got.headers["x-annserve-shard"] == str(snap["shard"])
+        assert len(got.content) == snap["bytes"]
+        assert got.content == node_call("GET", f"{snap['node']}/collections/{NAME}/snapshots/{snap['name']}").content
+        # Restored (offline), the file holds its shard's items.
+        path = tmp_path / snap["name"]
+        path.write_bytes(got.content)
+        restore_snapshot(path, tmp_path / f"restored-{snap['shard']}")
+        manager = CollectionManager(Settings(data_dir=tmp_path / f"restored-{snap['shard']}"))
+        manager.open()
+        try:
+            assert manager.get(NAME).info()["count"] == counts[snap["shard"]]
+        finally:
+            manager.close()
+    assert router.get(f"/collections/{NAME}/snapshots/{NAME}-never-000000.tar").status_code == 404
+    assert router.get(f"/collections/{NAME}/snapshots/..%2Fevil").status_code in (404, 422)
+    assert router.post(f"/collections/{NAME}/snapshots", json={"nope": 1}).status_code == 422
+    assert router.post("/collections/missing/snapshots", json={}).status_code == 404
+    for snap in taken["snapshots"]:
+        gone = router.delete(f"/collections/{NAME}/snapshots/{snap['name']}")
+        assert gone.status_code == 200 and gone.json()["shard"] == snap["shard"], gone.text
+        assert router.delete(f"/collections/{NAME}/snapshots/{snap['name']}").status_code == 404
+    assert not router.get(f"/collections/{NAME}/snapshots").json()["snapshots"]

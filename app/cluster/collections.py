@@ -136,6 +136,8 @@ def aggregate(state: RouterState, parts: list[tuple[int, str, dict]]) -> dict:
             "node": url,
             **{key: info[key] for key in (*COUNTS, "last_rebuild_at") if key in info},
             "built": (info.get("index") or {}).get("built"),
+            # Each node's own (a tuning sets them per shard).
+            "search_params": (info.get("index") or {}).get("search_params"),
         }
         for shard, url, info in parts
     ]

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 
 from ..api.routes.vectors import parse_items
 from ..api.transport.parsing import load_object
-from ..engine.inputs import check_vectors
+from ..engine.inputs import check_ids, check_vectors
 from .fanout import NodeAnswer, ShardUnavailable
 from .ownership import positions_by_shard, shard_of
 from .search import b64
@@ -36,8 +36,10 @@ async def upsert(state: RouterState, name: str, raw: bytes) -> dict:
     body = load_object(raw, UPSERT_FIELDS)
     spec = await state.spec(name)
     ids, vectors, payloads = parse_items(body.get("items"), spec.dim, state.settings.max_upsert_batch)
-    # The engine's own checks (norm cap, no all-zero cosine rows) before any node writes, so that a
-    # bad row fails the whole request rather than the shards it belongs to.
+    # The engine's own checks (ids: strings the shard hash can encode; norm cap, no all-zero cosine
+    # rows) before any node writes or any id is hashed, so that a bad item fails the whole request,
+    # with the node's 422, rather than the shards it belongs to (or the hash, with a 500).
+    ids = check_ids(ids)
     check_vectors(vectors, spec.dim, spec.metric, name, "items[].vector")
     groups = positions_by_shard(ids, len(state.shards))
     bodies = {}

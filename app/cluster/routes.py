@@ -11,10 +11,12 @@ from fastapi import APIRouter, Path, Request, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..api.routes.snapshots import SnapshotInfo, SnapshotList, SnapshotRequest
 from ..api.schemas import (
     BatchSearchRequest,
     BatchSearchResponse,
     CollectionCreate,
+    CollectionPatch,
     CollectionDeleted,
     CollectionInfo,
     CollectionList,
@@ -22,9 +24,12 @@ from ..api.schemas import (
     DeleteIdsRequest,
     JobInfo,
     RebuildAccepted,
+    RecallInfo,
     SearchRequest,
     SearchResponse,
     Status,
+    TuneAnswer,
+    TuneRequest,
     UpsertRequest,
     UpsertResponse,
     VectorRecord,
@@ -32,7 +37,7 @@ from ..api.schemas import (
 )
 from ..api.transport.parsing import dumps
 from ..api.transport.raw_body import JsonBody, raw_body
-from . import collections, items, jobs, search
+from . import collections, items, jobs, recall, search, snapshots
 from .state import state_of
 
 router = APIRouter()
@@ -143,6 +148,70 @@ async def rebuild_collection(request: Request, name: Name):
     """Start a rebuild on every node; `GET /jobs/{job_id}` follows all of them as one job."""
     accepted = await jobs.start_rebuild(state_of(request), name)
     return dumps(accepted, status_code=202)
+
+
+@router.patch(
+    "/collections/{name}", tags=["collections"], response_model=CollectionInfo,
+    responses=error_responses(404, 413, 422, 503), openapi_extra=raw_body(CollectionPatch),
+)  # fmt: skip
+async def patch_collection(request: Request, name: Name):
+    """Change recall_target, recall_floor, auto_tune, search_params on every node (every replica);
+    503 naming a node that failed (resend: it is idempotent)."""
+    return dumps(await recall.patch(state_of(request), name, await request.body()))
+
+
+@router.get(
+    "/collections/{name}/recall", tags=["recall"], response_model=RecallInfo, responses=error_responses(404, 503)
+)
+async def get_recall(request: Request, name: Name):
+    """Online recall@k: the samples-weighted mean of every node's (`shards`, `nodes`: theirs)."""
+    return dumps(await recall.recall(state_of(request), name))
+
+
+@router.post(
+    "/collections/{name}/tune", tags=["recall"], response_model=TuneAnswer,
+    responses=error_responses(404, 409, 413, 422, 503), openapi_extra=raw_body(TuneRequest, required=False),
+)  # fmt: skip
+async def tune_collection(request: Request, name: Name):
+    """Every node tunes its shard to `target_recall`; what each chose (`nodes`), the lowest recall
+    measured, the largest knob value chosen."""
+    return dumps(await recall.tune(state_of(request), name, await request.body()))
+
+
+@router.post(
+    "/collections/{name}/snapshots", tags=["snapshots"], status_code=status.HTTP_201_CREATED,
+    responses=error_responses(404, 413, 422, 503), openapi_extra=raw_body(SnapshotRequest, required=False),
+)  # fmt: skip
+async def create_snapshot(request: Request, name: Name):
+    """One snapshot file per shard (on one replica of each), taken together: each shard's file in
+    `snapshots`; restore each onto its shard's nodes (`annserve restore`)."""
+    return dumps(await snapshots.create(state_of(request), name, await request.body()), status_code=201)
+
+
+@router.get(
+    "/collections/{name}/snapshots", tags=["snapshots"], response_model=SnapshotList,
+    responses=error_responses(404, 503),
+)  # fmt: skip
+async def list_snapshots(request: Request, name: Name):
+    """Every node's snapshot files of the collection, each with its `shard` and `node`, oldest first."""
+    return dumps(await snapshots.list_all(state_of(request), name))
+
+
+@router.get(
+    "/collections/{name}/snapshots/{snapshot}", tags=["snapshots"], response_class=Response,
+    responses={200: {"content": {"application/x-tar": {}}}, **error_responses(404, 422, 503)},
+)  # fmt: skip
+async def download_snapshot(request: Request, name: Name, snapshot: str):
+    """The file, streamed from the node that holds it (header `x-annserve-shard`: its shard)."""
+    return await snapshots.download(state_of(request), name, snapshot)
+
+
+@router.delete(
+    "/collections/{name}/snapshots/{snapshot}", tags=["snapshots"], response_model=SnapshotInfo,
+    responses=error_responses(404, 422, 503),
+)  # fmt: skip
+async def delete_snapshot(request: Request, name: Name, snapshot: str):
+    return dumps(await snapshots.delete(state_of(request), name, snapshot))
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"], response_model=JobInfo, responses=error_responses(404))

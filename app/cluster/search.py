@@ -9,6 +9,16 @@ every shard down, always 503.
 
 Search by id: the vector comes from the item's owner; the owner is asked by id (so it leaves
 the item out, as one node does), every other shard by that vector.
+
+The request goes to the nodes as the client wrote it, but for what the router must handle
+itself: `vector`/`vectors` (sent on as base64), `id` (above), `k` (read for the merge) and
+`allow_partial` (the router's). Every other field (`params`, `exact`, and `filter`,
+`with_payload`, `with_vector`, `score_threshold` of CONTRACT section 3) is passed on unchanged
+and checked by the nodes, whose 422 for an unknown or wrong field comes back as they said it;
+each hit comes back with whatever the node put in it (`payload`, `vector`) through the merge.
+That is right for a field that acts on each hit or each shard's search alone (a filter, a
+threshold, a projection, a search knob), which is what a shard's answer can do. A field whose
+meaning spans the merged list (an offset into it, a grouping) would have to be handled here.
 """
 
 from __future__ import annotations
@@ -21,7 +31,6 @@ import numpy as np
 import orjson
 from starlette.exceptions import HTTPException
 
-from ..api.schemas import BatchSearchRequest, SearchRequest
 from ..api.transport.parsing import get_bool, get_k, load_object, vector_from_list, vectors_from_lists
 from ..settings import Settings
 from .fanout import NodeAnswer, ShardUnavailable
@@ -30,14 +39,23 @@ from .ownership import shard_of
 from .state import RouterState, passed_on
 
 ALLOW_PARTIAL = "allow_partial"
-# The node's own fields (the router checks unknown names with the node's wording) and ours.
-SEARCH_FIELDS = frozenset(SearchRequest.model_fields) | {ALLOW_PARTIAL}
-BATCH_FIELDS = frozenset(BatchSearchRequest.model_fields) | {ALLOW_PARTIAL}
 
 
 def b64(rows: np.ndarray) -> str:
     """(dim,) or (n, dim) float32 -> base64 of little-endian float32, row-major."""
     return base64.b64encode(np.ascontiguousarray(rows, dtype="<f4").tobytes()).decode()
+
+
+def load_search_body(raw: bytes) -> dict[str, Any]:
+    """The request as a JSON object, with every field it has: the ones the router does not use
+    are the nodes' to check (see the module docstring)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        load_object(raw, frozenset())  # raises the node's own words for an empty, invalid or non-object body
+    return body
 
 
 def allow_partial(body: dict[str, Any], settings: Settings) -> bool:
@@ -50,7 +68,7 @@ def allow_partial(body: dict[str, Any], settings: Settings) -> bool:
 
 
 async def answer_search(state: RouterState, name: str, raw: bytes) -> dict:
-    body = load_object(raw, SEARCH_FIELDS)
+    body = load_search_body(raw)
     partial_ok = allow_partial(body, state.settings)
     k = get_k(body, state.settings.max_k)
     spec = await state.spec(name)
@@ -81,7 +99,7 @@ async def answer_search(state: RouterState, name: str, raw: bytes) -> dict:
 
 
 async def answer_batch(state: RouterState, name: str, raw: bytes) -> dict:
-    body = load_object(raw, BATCH_FIELDS)
+    body = load_search_body(raw)
     partial_ok = allow_partial(body, state.settings)
     k = get_k(body, state.settings.max_k)
     spec = await state.spec(name)

@@ -37,6 +37,7 @@ class RouterState:
         # The router checks the client's key itself (api/auth.py) and calls the nodes with its own
         # admin key: a node trusts what its routers checked, and a client's key never travels on.
         headers = {"content-type": "application/json", **forward_headers(settings)}
+        self.node_headers = headers
         self._node_args = (settings.shard_timeout_seconds, settings.shard_write_timeout_seconds, hedge, headers)
         self._specs: dict[str, tuple[Spec, float]] = {}
 
