@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -68,3 +69,14 @@ _register_client_commands()
 
 def main() -> None:
     cli()
+
+
+def own_command() -> list[str]:
+    """The command that runs this very installation's `annserve`, for starting it as a child
+    process: this interpreter with the CLI module, never whatever `annserve` is first on PATH
+    (a venv or git worktree would otherwise start another checkout's code)."""
+    return [sys.executable, "-m", "annserve.cli"]
+
+
+if __name__ == "__main__":
+    main()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from typer.testing import CliRunner
 
 from annserve import Client
 from annserve.bench.server_process import ServeProcess
-from annserve.cli import cli
+from annserve.cli import cli, own_command
 from annserve.commands.sources import Input
 
 pytestmark = pytest.mark.integration
@@ -317,10 +316,7 @@ def test_kill_9_of_the_import_process_then_rerun(server, client, glove, tmp_path
     x = glove.base  # 10K rows in batches of 10: a thousand requests, time enough to be killed midway
     np.save(tmp_path / "x.npy", x)
     progress_file = tmp_path / "x.npy.killed.import-progress.json"
-    annserve = shutil.which("annserve")
-    command = (
-        [annserve] if annserve else [sys.executable, "-c", "from annserve.cli import main; main()"]
-    ) + ["import", str(tmp_path / "x.npy"), "--collection", "killed", "--create", "--batch-size", "10"]
+    command = own_command() + ["import", str(tmp_path / "x.npy"), "--collection", "killed", "--create", "--batch-size", "10"]
     env = {**os.environ, "ANNSERVE_URL": server.url}  # the URL from the environment
     log = open(tmp_path / "import.log", "wb")
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -7,15 +7,15 @@ integration test (tests/test_server_process.py).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
+
+from ..cli import own_command
 
 LOG_TAIL_LINES = 40
 
@@ -46,8 +46,7 @@ class ServeProcess:
             raise RuntimeError(f"the server is already running (pid {self.proc.pid}); stop or kill it first")
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        annserve = shutil.which("annserve")
-        command = [annserve] if annserve else [sys.executable, "-c", "from annserve.cli import main; main()"]
+        command = own_command()
         command += ["serve", "--port", str(port), "--data-dir", str(self.data_dir)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor

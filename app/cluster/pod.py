@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import sys
 import urllib.request
 from collections.abc import Mapping
+
+from ..cli import own_command
 
 _ORDINAL = re.compile(r"^(?P<set>[a-z0-9]([-a-z0-9]*[a-z0-9])?)-(?P<ordinal>\d+)$")
 HEALTH_TIMEOUT_SECONDS = 2.0
@@ -77,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"annserve shard node: shard {env['ANNSERVE_SHARD_INDEX']} of {env['ANNSERVE_SHARD_COUNT']}",
               file=sys.stderr, flush=True)  # fmt: skip
-        annserve = shutil.which("annserve")
-        command = [annserve] if annserve else [sys.executable, "-c", "from annserve.cli import main; main()"]
+        command = own_command()
         os.execvpe(command[0], [*command, "serve", *args[1:]], env)  # replaces this process: signals reach uvicorn
     print("usage: python -m annserve.cluster.pod serve [annserve serve flags] | health", file=sys.stderr)
     return 2
