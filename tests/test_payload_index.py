@@ -1,4 +1,4 @@
-"""The payload index (app/engine/payload_index.py): every filter of tests/synthetic_payloads.py
+"""The payload index (app/engine/payload_index.py): every filter of app/bench/synthetic_payloads.py
 evaluated through the index equals the same filter matched payload by payload (filters.matches),
 while items are upserted, replaced and deleted, across seals, through a shard's store and after
 a restart, and on collections of several shards (exact search, which needs no index kind)."""
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic_payloads import FILTERS, id_filters, payloads
 
+from annserve.bench.synthetic_payloads import FILTERS, id_filters, payloads
 from annserve.engine import payload_index as payload_index_module
 from annserve.engine.filters import admitted, matches, parse_filter
 from annserve.engine.labels import LabelMap

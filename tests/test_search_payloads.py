@@ -1,6 +1,6 @@
 """Search with payloads, vectors, filters and score thresholds through the HTTP API in process
 (TestClient over the real engine), on real GloVe vectors with synthetic payloads: every filter of
-tests/synthetic_payloads.py against brute force over the items it admits, on every index kind and
+app/bench/synthetic_payloads.py against brute force over the items it admits, on every index kind and
 several shard counts, with fresh items and deletes in the mix; recall floors per selectivity;
 the 422s; the online recall sampler re-running a filtered query with its filter."""
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from conftest import wait_job, wait_ready
 from fastapi.testclient import TestClient
-from synthetic_payloads import FILTERS, id_filters, payloads
 
 from annserve.api.app import create_app
+from annserve.bench.synthetic_payloads import FILTERS, id_filters, payloads
 from annserve.engine.filters import matches, parse_filter
 from annserve.indexes import brute_force_knn
 from annserve.settings import Settings
@@ -287,3 +287,46 @@ def test_the_recall_sampler_reruns_with_the_filter(tmp_path, glove):
         # the sampled figure would sit near the filter's share (~4%).
         assert abs(summary["recall_at_k"] - recall(found, truth)) <= 0.02, summary
         assert summary["recall_at_k"] > 0.9
+
+
+# ---- the Python client against a real server ------------------------------------------------
+
+
+def test_the_client_sends_and_reads_every_option(tmp_path, glove):
+    import asyncio
+
+    from annserve import AsyncClient, Client
+    from annserve.bench.server_process import ServeProcess
+
+    server = ServeProcess(tmp_path / "data", tmp_path / "server.log")
+    try:
+        server.start().close()
+        with Client(server.url, timeout=60) as c:
+            c.create_collection("c", dim=50, metric="cosine", index="hnswlib")
+            c.upsert("c", [f"v{i}" for i in range(N)], glove.base[:N], payloads=ITEMS[:N])
+            c.rebuild("c", wait=True)
+            live = {f"v{i}": (glove.base[i], ITEMS[i]) for i in range(N)}
+            where = {"category": "books", "price": {"$lt": 50}}
+            truth, _ = truth_of(live, where, glove.queries[:1])
+            hits = c.search("c", glove.queries[0], k=K, filter=where, with_payload=True, with_vector=True)
+            assert recall([[h.id for h in hits]], truth) >= 0.9
+            for h in hits:
+                assert h.payload == live[h.id][1] and h.payload["category"] == "books"
+                assert h.vector.dtype == np.float32 and np.allclose(h.vector, live[h.id][0], atol=1e-6)
+            rows = c.search("c", glove.queries[:3], k=K, filter=where, with_payload=["price"], exact=True)
+            assert [[h.id for h in row] for row in rows] == truth_of(live, where, glove.queries[:3])[0]
+            assert all(set(h.payload) == {"price"} and h.vector is None for row in rows for h in row)
+            cut = hits[2].score
+            assert [h.id for h in c.search("c", glove.queries[0], k=K, filter=where, score_threshold=cut)] == [
+                h.id for h in hits[:3]
+            ]
+            by_id = c.search_by_id("c", "v0", k=5, filter={"id": {"$nin": ["v1", "v2"]}}, with_payload=True)
+            assert len(by_id) == 5 and not {"v0", "v1", "v2"} & {h.id for h in by_id}
+
+        async def run():
+            async with AsyncClient(server.url, timeout=60) as ac:
+                return await ac.search("c", glove.queries[0], k=K, filter=where, with_vector=True)
+
+        assert [h.id for h in asyncio.run(run())] == [h.id for h in hits]
+    finally:
+        server.stop()

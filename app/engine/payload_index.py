@@ -38,6 +38,7 @@ GROWTH = 1.5
 MIN_CAPACITY = 64
 SEAL_MIN = 1024  # a tail shorter than this is scanned; no column is sorted for fewer entries
 SEAL_SHARE = 0.25  # seal again once the tail passes this share of the sealed part
+TERM_BYTES = 100  # a distinct string's dict slot and str object, beside its characters (estimated)
 
 _EMPTY_I64 = np.empty(0, dtype=np.int64)
 _EMPTY_I32 = np.empty(0, dtype=np.int32)
@@ -217,6 +218,7 @@ class PayloadIndex:
     def __init__(self) -> None:
         self._fields: dict[str, FieldState] = {}
         self._codes: dict[str | bool, int] = {}
+        self._terms_bytes = 0  # estimated memory of the distinct strings, kept as they come
         self._view = PayloadView(self._fields, self._codes)
 
     def view(self) -> PayloadView:
@@ -224,8 +226,7 @@ class PayloadIndex:
 
     def memory_bytes(self) -> int:
         """Bytes of the arrays (at their capacity) and an estimate for the distinct terms."""
-        terms = sum(100 + (len(k) if isinstance(k, str) else 0) for k in self._codes)
-        return sum(s.nbytes for s in self._fields.values()) + terms
+        return sum(s.nbytes for s in self._fields.values()) + self._terms_bytes
 
     def entries(self, labels: np.ndarray, payloads: Sequence[dict[str, Any] | None]) -> dict[str, _Entries]:
         """The index entries of (n,) ascending `labels` with their payloads, ready for `add`
@@ -247,6 +248,8 @@ class PayloadIndex:
                             # New codes may appear before the entries are published: a reader
                             # that finds one just finds no entries for it yet.
                             code = codes[element] = len(codes)
+                            # A dict slot, the str object and its characters, about.
+                            self._terms_bytes += TERM_BYTES + (len(element) if isinstance(element, str) else 0)
                         entries.term_labels.append(label)
                         entries.term_codes.append(code)
                     elif isinstance(element, (int, float)):

@@ -1,4 +1,4 @@
-"""Synthetic payloads and filters for the filter tests: seeded, with every value type a payload
+"""Synthetic payloads and filters for the filter tests and `filter_cost`: seeded, with every value type a payload
 may hold (strings, integers, floats, booleans, arrays, null, nested objects, missing fields),
 and filters covering every operator and combinator at several selectivities."""
 
