@@ -28,7 +28,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .base import MAX_M, Index, as_ids, serialize_bytes
+from .base import MAX_M, Index, as_ids, id_lookup, rows_of, serialize_bytes
 
 # FAISS k-means wants this many training points per centroid before it stops warning.
 MIN_POINTS_PER_CENTROID = 39
@@ -83,6 +83,11 @@ def default_nbits(n: int) -> int:
 MAX_RERANK = 1024
 
 
+def id_selector(allowed: np.ndarray) -> faiss.IDSelector:
+    """A FAISS selector admitting the sorted unique (m,) int64 ids `allowed`."""
+    return faiss.IDSelectorBatch(allowed)
+
+
 class _FaissIndex(Index):
     """Shared plumbing: one FAISS index in `library_index`, searched with per-call params.
 
@@ -100,6 +105,10 @@ class _FaissIndex(Index):
             self.search_params["rerank"] = 1  # the only value it accepts
         self.library_index: faiss.Index | None = None if self.needs_training else self._build(None)
         self._memory = (-1, 0)  # (ntotal, bytes): serialising again only when the size changed
+        # Bumped whenever the stored rows change (add, remove, train, load): the id -> row
+        # lookup of filtered search is cached per value.
+        self._rows_version = 0
+        self._lookup: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
     def _faiss_metric(self) -> int:
@@ -173,9 +182,44 @@ class _FaissIndex(Index):
         # Training a trained kind starts over: the new index is empty.
         if self.needs_training:
             self.library_index = self._build(x)
+            self._rows_version += 1
 
     def _add(self, x: np.ndarray, ids: np.ndarray) -> None:
         self.library_index.add_with_ids(x, ids)
+        self._rows_version += 1
+
+    # ---- filtered search
+
+    def _id_lookup(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted ids, their positions in the IndexIDMap), cached until the rows change."""
+        cached = self._lookup
+        version = self._rows_version
+        if cached is None or cached[0] != version:
+            cached = (version, id_lookup(faiss.vector_to_array(self.library_index.id_map)))
+            self._lookup = cached
+        return cached[1]
+
+    def _admitted_vectors(self, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Every IDMap kind: positions from the id map, vectors from the inner index's
+        # full-precision storage where it has one (flat, hnsw, refine="flat"), else decoded
+        # (refine="sq8": near-exact; refine="none": the PQ codes, so the "exact" scan is only
+        # as exact as the codes).
+        positions = rows_of(allowed, self._id_lookup())
+        ids = faiss.vector_to_array(self.library_index.id_map)[positions] if positions.size else positions
+        return ids, self._vectors_at(faiss.downcast_index(self.library_index.index), positions)
+
+    def _vectors_at(self, inner: faiss.Index, positions: np.ndarray) -> np.ndarray:
+        """(len(positions), dim) float32 vectors of the rows at `positions` of `inner`."""
+        if isinstance(inner, faiss.IndexHNSW):
+            inner = faiss.downcast_index(inner.storage)
+        elif isinstance(inner, faiss.IndexRefine):
+            inner = faiss.downcast_index(inner.refine_index)
+        if isinstance(inner, faiss.IndexFlat):
+            stored = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * self.dim)
+            return np.asarray(stored).reshape(inner.ntotal, self.dim)[positions]
+        if positions.size == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return inner.reconstruct_batch(positions)
 
     def _search(self, q: np.ndarray, k: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         # FAISS returns squared L2 for METRIC_L2 and the raw inner product for
@@ -205,6 +249,7 @@ class _FaissIndex(Index):
 
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
         self.library_index = faiss.deserialize_index(np.ascontiguousarray(arrays["faiss"]))
+        self._rows_version += 1
 
 
 class FlatIndex(_FaissIndex):
@@ -230,7 +275,9 @@ class FlatIndex(_FaissIndex):
         labels = as_ids(ids, int(np.size(ids)))
         if labels.size == 0:
             return 0
-        return int(self.library_index.remove_ids(faiss.IDSelectorBatch(labels)))
+        removed = int(self.library_index.remove_ids(faiss.IDSelectorBatch(labels)))
+        self._rows_version += 1
+        return removed
 
 
 class IVFFlatIndex(_FaissIndex):
@@ -265,6 +312,18 @@ class IVFFlatIndex(_FaissIndex):
 
     def _search_parameters(self, params: dict[str, Any], k: int) -> faiss.SearchParameters:
         return faiss.SearchParametersIVF(nprobe=params["nprobe"])
+
+    def _exact_filtered(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not isinstance(self.library_index, faiss.IndexIVF):
+            return super()._exact_filtered(q, k, allowed)  # ivf_pq behind its refine stage
+        # The lists hold the ids themselves (no id map to read positions from): every list
+        # scanned, the non-admitted rows skipped by a selector, is the exact scan here (for
+        # ivf_pq with refine="none" as exact as its codes).
+        nlist = self.library_index.nlist
+        found = self.library_index.search(
+            q, min(k, allowed.size), params=faiss.SearchParametersIVF(nprobe=nlist, sel=id_selector(allowed))
+        )
+        return found[1], found[0]
 
 
 class IVFPQIndex(IVFFlatIndex):

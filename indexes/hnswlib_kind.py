@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import hnswlib
 import numpy as np
 
-from .base import MAX_M, Index
+from .base import MAX_M, Index, id_lookup, rows_of
 
 INITIAL_CAPACITY = 1024
 # hnswlib's per-element extras besides vector and links: the level-0 link count (4 bytes),
@@ -121,6 +121,9 @@ class HnswlibIndex(Index):
             ef_construction=self.build_params["ef_construction"],
         )
         self._gate = _EfGate(self.library_index.set_ef, self.search_params["ef"])
+        # The sorted labels of filtered search, cached per count of adds and loads.
+        self._rows_version = 0
+        self._lookup: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
 
     # hnswlib needs at least two links per node to build a connected graph.
     param_bounds = {"M": (2, MAX_M)}
@@ -132,6 +135,7 @@ class HnswlibIndex(Index):
             if needed > index.max_elements:
                 index.resize_index(max(needed, 2 * index.max_elements))
             index.add_items(x, ids)
+            self._rows_version += 1
 
     def _search(self, q: np.ndarray, k: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         # One thread per call (see the module docstring).
@@ -188,6 +192,30 @@ class HnswlibIndex(Index):
                 raise ValueError(f"hnswlib state does not match its parameters ({exc})") from None
         self.library_index = index
         self._gate.rebind(index.set_ef, self.search_params["ef"])
+        self._rows_version += 1
+
+    # ---- filtered search
+
+    def _labels(self) -> np.ndarray:
+        """The sorted labels in the index, (n,) int64, cached until the next add or load."""
+        cached = self._lookup
+        version = self._rows_version
+        if cached is None or cached[0] != version:
+            with self._gate.searching(self.search_params["ef"]):  # not beside an add
+                labels = np.asarray(self.library_index.get_ids_list(), dtype=np.int64)
+            cached = (version, id_lookup(labels))
+            self._lookup = cached
+        return cached[1][0]
+
+    def _admitted_vectors(self, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        labels = self._labels()
+        ids = labels[rows_of(allowed, (labels, np.arange(labels.size)))]
+        if ids.size == 0:
+            return ids, np.empty((0, self.dim), dtype=np.float32)
+        with self._gate.searching(self.search_params["ef"]):
+            # The stored vectors as given (the "ip" space stores them as is: unit rows for cosine).
+            vectors = self.library_index.get_items(ids, return_type="numpy")
+        return ids, np.ascontiguousarray(vectors, dtype=np.float32)
 
 
 def _check_state(state: dict[str, Any], space: str, dim: int) -> None:

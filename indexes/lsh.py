@@ -99,7 +99,7 @@ import numba
 import numpy as np
 from numba import types as nt
 
-from .base import MAX_SEED, Index
+from .base import MAX_SEED, Index, id_lookup, rows_of
 from .kernels import JIT, deheap_sort, heap_push, heap_sift_down, prefetch, score_rows
 
 _MAX_BITS = 24  # offsets hold 2**n_bits + 1 entries per table
@@ -400,6 +400,8 @@ class LSHIndex(Index):
         self._tls = threading.local()  # per-thread search scratch, see _scratch
         self._lock = threading.Lock()  # one merge of the pending rows at a time
         self._metric_code = {"cosine": _COSINE, "ip": _IP, "l2": _L2}[metric]
+        # (the ids array it was made from, its id -> row lookup) for filtered search
+        self._lookup: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None
         self._empty()
 
     def _empty(self) -> None:
@@ -537,6 +539,20 @@ class LSHIndex(Index):
         markers, cands, gens = self._scratch(n, 1)
         ids_out, scores, counts, gens[0] = _search_serial(*args, markers[0], cands[0], gens[0])
         return ids_out, scores, counts
+
+    # ---- filtered search
+
+    def _admitted_rows(self, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(vectors, ids) of the merged tables and the row positions of the admitted ids."""
+        vectors, ids, _, _ = self._merged()
+        cached = self._lookup
+        if cached is None or cached[0] is not ids:  # a merge replaces the ids array
+            cached = self._lookup = (ids, id_lookup(ids))
+        return vectors, ids, rows_of(allowed, cached[1])
+
+    def _admitted_vectors(self, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        vectors, ids, rows = self._admitted_rows(allowed)
+        return ids[rows], vectors[rows]
 
     # ---- persistence and size
 
