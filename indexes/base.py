@@ -190,6 +190,9 @@ class Index:
     search_defaults: ClassVar[dict[str, Any]] = {}
     needs_training: ClassVar[bool] = False
     param_bounds: ClassVar[dict[str, tuple[int, int | None]]] = {}
+    # Filters admitting vectors of at most this many floats get the exact scan (see
+    # EXACT_FILTER_FLOATS); an instance may set its own (0: always the kind's filtered search).
+    exact_filter_floats: int | None = None
 
     def __init__(self, dim: int, metric: str = "l2", **build_params: Any) -> None:
         self.dim = check_positive_int("dim", dim)
@@ -374,7 +377,16 @@ class Index:
             return np.full((q.shape[0], 0), -1, dtype=np.int64), np.empty((q.shape[0], 0), np.float32)
         if self.exact_filter_cheap(allowed.size):
             return self._exact_filtered(q, k, allowed)
-        return self._search_admitted(q, k, params, allowed)
+        ids, scores = self._search_admitted(q, k, params, allowed)
+        ids, scores = self._pad(np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32), k)
+        # A graph or bucket search can fail to reach k admitted items that exist (a small
+        # admitted set far from the query): those rows get the exact scan, which is complete.
+        # (Admitted ids absent from the index can send a full row here too: exact, only slower.)
+        short = np.flatnonzero(ids[:, min(k, allowed.size) - 1] < 0)
+        if short.size:
+            more_ids, more_scores = self._pad(*self._exact_filtered(q[short], k, allowed), k)
+            ids[short], scores[short] = more_ids, more_scores
+        return ids, scores
 
     def _exact_filtered(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k among the admitted vectors (from `_admitted_vectors`)."""
@@ -384,7 +396,8 @@ class Index:
     def exact_filter_cheap(self, admitted: int) -> bool:
         """Whether an exact scan of `admitted` vectors is the strategy for a filter (see
         EXACT_FILTER_FLOATS): it then also gives exact answers."""
-        return admitted * self.dim <= EXACT_FILTER_FLOATS
+        limit = EXACT_FILTER_FLOATS if self.exact_filter_floats is None else self.exact_filter_floats
+        return admitted * self.dim <= limit
 
     def overfetch_filtered(
         self, q: np.ndarray, k: int, params: dict[str, Any], allowed: np.ndarray
