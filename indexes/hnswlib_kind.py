@@ -136,6 +136,7 @@ class HnswlibIndex(Index):
                 index.resize_index(max(needed, 2 * index.max_elements))
             index.add_items(x, ids)
             self._rows_version += 1
+            self._extend_copy(x, ids)
 
     def _search(self, q: np.ndarray, k: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         # One thread per call (see the module docstring).
@@ -196,22 +197,41 @@ class HnswlibIndex(Index):
 
     # ---- filtered search
 
-    def _labels(self) -> np.ndarray:
-        """The sorted labels in the index, (n,) int64, cached until the next add or load."""
+    def _vector_copy(self) -> tuple[tuple[np.ndarray, np.ndarray | None], np.ndarray, np.ndarray]:
+        """(id -> row lookup, ids (n,), vectors (n, dim) float32): a copy of the stored vectors
+        for the exact scan of selective filters, made on the first such search (hnswlib's
+        get_items costs ~3.5 us per item, 12 ms for 5K ids, where a numpy gather costs 0.1 ms)
+        and kept up to date by add. It costs dim x 4 bytes per item, only once filters are used."""
         cached = self._lookup
         version = self._rows_version
         if cached is None or cached[0] != version:
             with self._gate.searching(self.search_params["ef"]):  # not beside an add
                 labels = np.asarray(self.library_index.get_ids_list(), dtype=np.int64)
-            cached = (version, id_lookup(labels))
+                vectors = self.library_index.get_items(labels, return_type="numpy") if labels.size else None
+            vectors = np.ascontiguousarray(vectors if vectors is not None else np.empty((0, self.dim)), dtype=np.float32)
+            cached = (version, (id_lookup(labels), labels, vectors))
             self._lookup = cached
-        return cached[1][0]
+        return cached[1]
+
+    def _extend_copy(self, x: np.ndarray, ids: np.ndarray) -> None:
+        """Keep an existing vector copy in step with an add (an id added again replaces its
+        vector, as in hnswlib), so that filtered search need not copy every vector again."""
+        cached = self._lookup
+        if cached is None or cached[0] != self._rows_version - 1:
+            return
+        _, labels, vectors = cached[1]
+        keep = ~np.isin(labels, ids)
+        labels = np.concatenate([labels[keep], ids])
+        vectors = np.concatenate([vectors[keep], x])
+        self._lookup = (self._rows_version, (id_lookup(labels), labels, vectors))
 
     def _search_admitted(
         self, q: np.ndarray, k: int, params: dict[str, Any], allowed: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         # Over-fetch, not hnswlib's `filter=` callable: that calls Python for every node the
-        # search visits, under the GIL (measured: README "Filtered search"). hnswlib raises its
+        # search visits, under the GIL. Measured on GloVe 10K, one query per call: at 50%
+        # admitted, filter= 0.26 ms (recall 0.995) vs over-fetch 0.16 ms (0.969); at 10%,
+        # 0.97 ms vs 0.17 ms (1.000 vs 0.995); at 1%, 3.8 ms vs 1.0 ms. hnswlib raises its
         # beam to the k asked for, so the over-fetch widens the search too.
         try:
             return self.overfetch_filtered(q, k, params, allowed)
@@ -221,14 +241,10 @@ class HnswlibIndex(Index):
             return self._exact_filtered(q, k, allowed)
 
     def _admitted_vectors(self, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        labels = self._labels()
-        ids = labels[rows_of(allowed, (labels, np.arange(labels.size)))]
-        if ids.size == 0:
-            return ids, np.empty((0, self.dim), dtype=np.float32)
-        with self._gate.searching(self.search_params["ef"]):
-            # The stored vectors as given (the "ip" space stores them as is: unit rows for cosine).
-            vectors = self.library_index.get_items(ids, return_type="numpy")
-        return ids, np.ascontiguousarray(vectors, dtype=np.float32)
+        lookup, labels, vectors = self._vector_copy()
+        rows = rows_of(allowed, lookup)
+        # The stored vectors as given (the "ip" space stores them as is: unit rows for cosine).
+        return labels[rows], vectors[rows]
 
 
 def _check_state(state: dict[str, Any], space: str, dim: int) -> None:
