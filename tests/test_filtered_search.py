@@ -189,3 +189,23 @@ def test_unfiltered_unchanged(glove):
     a = index.search(glove.queries[:50], K)
     b = index.search(glove.queries[:50], K, allowed=None)
     assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+
+
+@pytest.mark.parametrize("kind", list(INDEX_KINDS))
+def test_filtered_sees_later_adds(kind, glove):
+    """The cached id -> row lookups (and hnswlib's vector copy) follow adds: a filter over ids
+    added after a first filtered search finds them, with exact answers from the exact scan."""
+    n = glove.base.shape[0]
+    half = n // 2
+    index = create_index(kind, glove.dim, glove.metric)
+    index.train(glove.base)
+    ids = user_ids(n)
+    index.add(glove.base[:half], ids[:half])
+    queries = glove.queries[:20]
+    first_rows = np.arange(0, half, 50)
+    found, _ = index.search(queries, K, allowed=ids[first_rows])
+    assert recall_at_k(found, exact_filtered(glove, first_rows, queries)) == 1.0
+    index.add(glove.base[half:], ids[half:])
+    later_rows = np.arange(half, n, 50)
+    found, _ = index.search(queries, K, allowed=ids[later_rows])
+    assert recall_at_k(found, exact_filtered(glove, later_rows, queries)) == 1.0
