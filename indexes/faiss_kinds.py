@@ -368,10 +368,58 @@ class IVFFlatIndex(_FaissIndex):
     def _exact_filtered(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not isinstance(self.library_index, faiss.IndexIVF):
             return super()._exact_filtered(q, k, allowed)  # ivf_pq behind its refine stage
-        # The lists hold the ids themselves (no id map to read positions from): every list
-        # scanned, the non-admitted rows skipped by a selector, is the exact scan here (for
-        # ivf_pq with refine="none" as exact as its codes).
-        return self._search_ivf_filtered(q, k, self.library_index.nlist, allowed)
+        # The lists hold the ids themselves (no id map to read positions from): the lists that
+        # hold an admitted id are scanned, the other rows skipped by a selector. That is the
+        # exact scan here (for ivf_pq with refine="none" as exact as its codes), reading a few
+        # lists where a full scan read all (GloVe 100K at 0.1%: 0.41 ms for every list).
+        index = self.library_index
+        lists = np.unique(self._list_of_id(allowed))
+        if lists.size == 0:
+            return np.full((q.shape[0], 0), -1, dtype=np.int64), np.empty((q.shape[0], 0), np.float32)
+        centroids = index.quantizer.reconstruct_batch(lists)
+        dots = q @ centroids.T
+        if self.space == "l2":  # the coarse distances a residual scanner adds its terms to
+            coarse = np.einsum("ij,ij->i", q, q)[:, None] - 2 * dots + np.einsum("ij,ij->i", centroids, centroids)
+        else:
+            coarse = dots
+        assign = np.ascontiguousarray(np.broadcast_to(lists, (q.shape[0], lists.size)), dtype=np.int64)
+        selector, keep_alive = self._ivf_selector(allowed)
+        take = min(k, allowed.size)
+        coarse = np.ascontiguousarray(coarse, dtype=np.float32)
+        scores = np.empty((q.shape[0], take), dtype=np.float32)
+        found = np.empty((q.shape[0], take), dtype=np.int64)
+        params = faiss.SearchParametersIVF(nprobe=int(lists.size), sel=selector)
+        # The C++ call: FAISS's Python wrapper of search_preassigned refuses search parameters.
+        index.search_preassigned_c(
+            q.shape[0], faiss.swig_ptr(q), take, faiss.swig_ptr(assign), faiss.swig_ptr(coarse),
+            faiss.swig_ptr(scores), faiss.swig_ptr(found), False, params, None,
+        )
+        del keep_alive
+        return found, scores
+
+    def _list_of_id(self, allowed: np.ndarray) -> np.ndarray:
+        """The inverted list of each admitted id in the index, from a lookup over every list's
+        ids built once per change of the rows."""
+        cached = self._lookup
+        version = self._rows_version
+        if cached is None or cached[0] != version:
+            invlists = self.library_index.invlists
+            ids, owners = [], []
+            for number in range(self.library_index.nlist):
+                size = invlists.list_size(number)
+                if size:
+                    ids.append(faiss.rev_swig_ptr(invlists.get_ids(number), size).copy())
+                    owners.append(np.full(size, number, dtype=np.int64))
+            all_ids = np.concatenate(ids) if ids else np.empty(0, dtype=np.int64)
+            owner = np.concatenate(owners) if owners else np.empty(0, dtype=np.int64)
+            cached = self._lookup = (version, (id_lookup(all_ids), owner))
+        lookup, owner = cached[1]
+        return owner[rows_of(allowed, lookup)]
+
+    def _ivf_selector(self, allowed: np.ndarray) -> tuple[faiss.IDSelector, Any]:
+        """A selector of user ids: a bitmap when they are dense enough (the service's labels)."""
+        top = int(allowed[-1]) + 1
+        return id_selector(allowed, top if top <= 64 * max(len(self), allowed.size) else None)
 
     def _search_admitted(
         self, q: np.ndarray, k: int, params: dict[str, Any], allowed: np.ndarray
@@ -386,9 +434,7 @@ class IVFFlatIndex(_FaissIndex):
     ) -> tuple[np.ndarray, np.ndarray]:
         """A bare IVF index searched at `nprobe` under a selector of the user ids `allowed`
         (a bitmap when they are dense enough, as the service's labels are)."""
-        top = int(allowed[-1]) + 1
-        dense = top <= 64 * max(len(self), allowed.size)
-        selector, keep_alive = id_selector(allowed, top if dense else None)
+        selector, keep_alive = self._ivf_selector(allowed)
         scores, found = self.library_index.search(
             q, min(k, allowed.size), params=faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
         )
