@@ -90,7 +90,8 @@ def truth_of(live: dict[str, tuple[np.ndarray, dict | None]], where, queries, me
 
 def recall(found: list[list[str]], truth: list[list[str]]) -> float:
     hit = sum(len(set(f) & set(t)) for f, t in zip(found, truth))
-    return hit / max(sum(len(t) for t in truth), 1)
+    wanted = sum(len(t) for t in truth)
+    return hit / wanted if wanted else 1.0  # nothing admitted: nothing to find
 
 
 # ---- payloads, vectors, thresholds --------------------------------------------------------
