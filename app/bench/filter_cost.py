@@ -74,7 +74,7 @@ def main() -> None:
           f"memory {index.memory_bytes() / n:.0f} bytes per item")
 
     with tempfile.TemporaryDirectory(prefix="filter-cost-") as tmp:
-        settings = Settings(data_dir=Path(tmp), recall_sample_rate=0.0)
+        settings = Settings(data_dir=Path(tmp), recall_sample_rate=0.0, fresh_limit=10**9)  # one rebuild, ours
         manager = CollectionManager(settings)
         manager.open()
         try:
