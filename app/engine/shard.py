@@ -326,7 +326,8 @@ class Shard:
     def _id_labels(self, where: Node | None) -> dict[str, int]:
         """The current labels of the ids a filter names, read from the store before a search
         takes its view. (An id re-upserted between the two reads has a label the view does not
-        know yet: for that moment the filter sees the id as absent.)"""
+        know yet: for that moment `{"id": X}` misses X and `$nin` lets X's previous version
+        through; a race with a write of X itself, as any read racing a write.)"""
         ids = referenced_ids(where)
         return self.store.labels_of(ids) if ids else {}
 
