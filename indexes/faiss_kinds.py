@@ -211,11 +211,20 @@ class _FaissIndex(Index):
     # ---- filtered search
 
     def _id_lookup(self) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted ids, their positions in the IndexIDMap), cached until the rows change."""
+        """The IndexIDMap's id -> position lookup (`id_lookup`), cached until the rows change."""
+        return self._id_map_cached()[1]
+
+    def _id_map(self) -> np.ndarray:
+        """The IndexIDMap's position -> id array, (ntotal,) int64, cached until the rows change
+        (FAISS hands out a copy: 400K ids per call cost more than an exact scan of 400 rows)."""
+        return self._id_map_cached()[0]
+
+    def _id_map_cached(self) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         cached = self._lookup
         version = self._rows_version
         if cached is None or cached[0] != version:
-            cached = (version, id_lookup(faiss.vector_to_array(self.library_index.id_map)))
+            id_map = faiss.vector_to_array(self.library_index.id_map)
+            cached = (version, (id_map, id_lookup(id_map)))
             self._lookup = cached
         return cached[1]
 
@@ -225,7 +234,7 @@ class _FaissIndex(Index):
         # (refine="sq8": near-exact; refine="none": the PQ codes, so the "exact" scan is only
         # as exact as the codes).
         positions = rows_of(allowed, self._id_lookup())
-        ids = faiss.vector_to_array(self.library_index.id_map)[positions] if positions.size else positions
+        ids = self._id_map()[positions]
         return ids, self._vectors_at(faiss.downcast_index(self.library_index.index), positions)
 
     def _vectors_at(self, inner: faiss.Index, positions: np.ndarray) -> np.ndarray:
@@ -256,8 +265,7 @@ class _FaissIndex(Index):
         take = min(k, positions.size)
         scores, found = inner.search(q, take, params=self._filtered_parameters(params, take, selector, positions.size / n))
         del keep_alive  # the search is over: the bitmap may go
-        id_map = faiss.vector_to_array(self.library_index.id_map)
-        return np.where(found >= 0, id_map[np.maximum(found, 0)], -1), scores
+        return np.where(found >= 0, self._id_map()[np.maximum(found, 0)], -1), scores
 
     def _filtered_parameters(
         self, params: dict[str, Any], k: int, selector: faiss.IDSelector, share: float
