@@ -24,7 +24,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -123,11 +123,13 @@ _ERROR_CLASSES: dict[int, type[ApiError]] = {
 @dataclass(frozen=True, slots=True)
 class Hit:
     """One search result. `score`: cosine similarity or inner product (higher is better), or squared L2
-    distance (lower is better), as the collection's metric says. `payload` only when asked for."""
+    distance (lower is better), as the collection's metric says. `payload` and `vector` ((dim,)
+    float32) only when asked for."""
 
     id: str
     score: float
     payload: dict[str, Any] | None = None
+    vector: np.ndarray | None = field(default=None, compare=False)  # arrays do not compare to a bool
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # eq would compare arrays
@@ -261,7 +263,8 @@ def _check_finite(arr: np.ndarray, what: str, first_row: int = 0) -> None:
 
 
 def _search_body(
-    k: int, filter: Any, params: dict | None, with_payload: bool | list[str], exact: bool
+    k: int, filter: Any, params: dict | None, with_payload: bool | list[str], exact: bool,
+    with_vector: bool = False, score_threshold: float | None = None,
 ) -> dict:
     # Optional fields only when given: a server without them answers 422 only to those who use them.
     body: dict[str, Any] = {"k": k}
@@ -271,13 +274,21 @@ def _search_body(
         body["filter"] = filter
     if with_payload is not False:
         body["with_payload"] = with_payload
+    if with_vector:
+        body["with_vector"] = True
+    if score_threshold is not None:
+        body["score_threshold"] = score_threshold
     if exact:
         body["exact"] = True
     return body
 
 
 def _hits(rows: list[dict]) -> list[Hit]:
-    return [Hit(row["id"], row["score"], row.get("payload")) for row in rows]
+    return [
+        Hit(row["id"], row["score"], row.get("payload"),
+            np.asarray(row["vector"], dtype=np.float32) if row.get("vector") is not None else None)
+        for row in rows
+    ]
 
 
 class _Calls:
@@ -410,18 +421,9 @@ class _Calls:
 
     # search
     def _search(
-        self,
-        collection: str,
-        query: Any,
-        k: int,
-        filter: Any,
-        params: dict | None,
-        with_payload: bool | list[str],
-        exact: bool,
-        batch_size: int,
+        self, collection: str, query: Any, body: dict[str, Any], batch_size: int
     ) -> _Call[list[Hit] | list[list[Hit]]]:
         arr = _as_queries(query, "query")
-        body = _search_body(k, filter, params, with_payload, exact)
         if arr.ndim == 1:
             path = _path("collections", collection, "search")
             answer = yield from self._do("POST", path, {"vector_b64": _b64(arr), **body}, idempotent=True)
@@ -435,17 +437,8 @@ class _Calls:
             ]
         return out
 
-    def _search_by_id(
-        self,
-        collection: str,
-        item_id: str,
-        k: int,
-        filter: Any,
-        params: dict | None,
-        with_payload: bool | list[str],
-        exact: bool,
-    ) -> _Call[list[Hit]]:
-        body = {"id": _as_ids([item_id])[0], **_search_body(k, filter, params, with_payload, exact)}
+    def _search_by_id(self, collection: str, item_id: str, body: dict[str, Any]) -> _Call[list[Hit]]:
+        body = {"id": _as_ids([item_id])[0], **body}
         answer = yield from self._do(
             "POST", _path("collections", collection, "search"), body, idempotent=True
         )
@@ -623,14 +616,21 @@ class Client(_Calls):
         *,
         exact: bool = False,
         batch_size: int = DEFAULT_SEARCH_BATCH,
+        with_vector: bool = False,
+        score_threshold: float | None = None,
     ) -> list[Hit] | list[list[Hit]]:
         """The k nearest items. A (dim,) vector gives `list[Hit]`, best first; an (n, dim) matrix gives
         `list[list[Hit]]`, one list per row in order (sent `batch_size` queries per request).
         `params`: the index kind's search parameters for this call (`ef`, `nprobe`, ...); `exact`: brute
-        force. `filter` (payload conditions) and `with_payload` (True or a list of fields) are sent only
-        when given; a server without them answers 422 (`InvalidRequestError`)."""
+        force. `filter` (payload conditions, e.g. `{"category": "books", "price": {"$lt": 10}}`), `with_payload`
+        (True or a list of fields), `with_vector` (results carry their float32 vector) and `score_threshold`
+        (leave out results scored worse) are sent only when given; a server without them answers 422
+        (`InvalidRequestError`)."""
         return self._run(
-            self._search(collection, vector_or_matrix, k, filter, params, with_payload, exact, batch_size)
+            self._search(
+                collection, vector_or_matrix,
+                _search_body(k, filter, params, with_payload, exact, with_vector, score_threshold), batch_size,
+            )
         )
 
     def search_by_id(
@@ -643,9 +643,13 @@ class Client(_Calls):
         with_payload: bool | list[str] = False,
         *,
         exact: bool = False,
+        with_vector: bool = False,
+        score_threshold: float | None = None,
     ) -> list[Hit]:
         """The k nearest items to a stored item ("more like this"), itself left out; `list[Hit]`."""
-        return self._run(self._search_by_id(collection, id, k, filter, params, with_payload, exact))
+        return self._run(self._search_by_id(
+            collection, id, _search_body(k, filter, params, with_payload, exact, with_vector, score_threshold)
+        ))
 
     # jobs, quality
     def rebuild(
@@ -780,10 +784,15 @@ class AsyncClient(_Calls):
         *,
         exact: bool = False,
         batch_size: int = DEFAULT_SEARCH_BATCH,
+        with_vector: bool = False,
+        score_threshold: float | None = None,
     ) -> list[Hit] | list[list[Hit]]:
         """See `Client.search`: (dim,) gives `list[Hit]`, (n, dim) gives `list[list[Hit]]`."""
         return await self._run(
-            self._search(collection, vector_or_matrix, k, filter, params, with_payload, exact, batch_size)
+            self._search(
+                collection, vector_or_matrix,
+                _search_body(k, filter, params, with_payload, exact, with_vector, score_threshold), batch_size,
+            )
         )
 
     async def search_by_id(
@@ -796,8 +805,12 @@ class AsyncClient(_Calls):
         with_payload: bool | list[str] = False,
         *,
         exact: bool = False,
+        with_vector: bool = False,
+        score_threshold: float | None = None,
     ) -> list[Hit]:
-        return await self._run(self._search_by_id(collection, id, k, filter, params, with_payload, exact))
+        return await self._run(self._search_by_id(
+            collection, id, _search_body(k, filter, params, with_payload, exact, with_vector, score_threshold)
+        ))
 
     async def rebuild(
         self,

@@ -65,7 +65,7 @@ import numba
 import numpy as np
 from numba import types as nt
 
-from .base import MAX_INT_PARAM, MAX_SEED, Index
+from .base import MAX_INT_PARAM, MAX_SEED, Index, id_lookup, rows_of
 from .kernels import JIT, deheap_sort, heap_push, heap_sift_down, prefetch, score_rows
 
 _TWO_MEANS_STEPS = 200  # Annoy's ITERATION_STEPS
@@ -543,6 +543,8 @@ class ForestIndex(Index):
         self._codes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         # (version, the forest's internal node count, the kernel's index arguments)
         self._snapshot: tuple[int, int, tuple] | None = None
+        # (the ids array it was made from, its id -> row lookup) for filtered search
+        self._lookup: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None
 
     # ---- parameters
 
@@ -650,6 +652,21 @@ class ForestIndex(Index):
         queries = np.ascontiguousarray(q, dtype=np.float32)
         _search_batch(queries, k, _RERANK_PER_K * k, search_k, *args, *scratch, out_ids, out_scores)
         return out_ids, out_scores
+
+    # ---- filtered search
+
+    def _admitted_rows(self, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(vectors, ids) of the current snapshot and the row positions of the admitted ids."""
+        _, _, args = self._ensure_built()
+        vectors, ids = args[0], args[4]  # see _on_new_forest
+        cached = self._lookup
+        if cached is None or cached[0] is not ids:  # a rebuild or load replaces the ids array
+            cached = self._lookup = (ids, id_lookup(ids))
+        return vectors, ids, rows_of(allowed, cached[1])
+
+    def _admitted_vectors(self, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        vectors, ids, rows = self._admitted_rows(allowed)
+        return ids[rows], vectors[rows]
 
     # ---- persistence
 

@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import hnswlib
 import numpy as np
 
-from .base import MAX_M, Index
+from .base import MAX_M, Index, id_lookup, rows_of
 
 INITIAL_CAPACITY = 1024
 # hnswlib's per-element extras besides vector and links: the level-0 link count (4 bytes),
@@ -121,6 +121,9 @@ class HnswlibIndex(Index):
             ef_construction=self.build_params["ef_construction"],
         )
         self._gate = _EfGate(self.library_index.set_ef, self.search_params["ef"])
+        # The sorted labels of filtered search, cached per count of adds and loads.
+        self._rows_version = 0
+        self._lookup: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
 
     # hnswlib needs at least two links per node to build a connected graph.
     param_bounds = {"M": (2, MAX_M)}
@@ -132,6 +135,8 @@ class HnswlibIndex(Index):
             if needed > index.max_elements:
                 index.resize_index(max(needed, 2 * index.max_elements))
             index.add_items(x, ids)
+            self._rows_version += 1
+            self._extend_copy(x, ids)
 
     def _search(self, q: np.ndarray, k: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         # One thread per call (see the module docstring).
@@ -188,6 +193,58 @@ class HnswlibIndex(Index):
                 raise ValueError(f"hnswlib state does not match its parameters ({exc})") from None
         self.library_index = index
         self._gate.rebind(index.set_ef, self.search_params["ef"])
+        self._rows_version += 1
+
+    # ---- filtered search
+
+    def _vector_copy(self) -> tuple[tuple[np.ndarray, np.ndarray | None], np.ndarray, np.ndarray]:
+        """(id -> row lookup, ids (n,), vectors (n, dim) float32): a copy of the stored vectors
+        for the exact scan of selective filters, made on the first such search (hnswlib's
+        get_items costs ~3.5 us per item, 12 ms for 5K ids, where a numpy gather costs 0.1 ms)
+        and kept up to date by add. It costs dim x 4 bytes per item, only once filters are used."""
+        cached = self._lookup
+        version = self._rows_version
+        if cached is None or cached[0] != version:
+            with self._gate.searching(self.search_params["ef"]):  # not beside an add
+                labels = np.asarray(self.library_index.get_ids_list(), dtype=np.int64)
+                vectors = self.library_index.get_items(labels, return_type="numpy") if labels.size else None
+            vectors = np.ascontiguousarray(vectors if vectors is not None else np.empty((0, self.dim)), dtype=np.float32)
+            cached = (version, (id_lookup(labels), labels, vectors))
+            self._lookup = cached
+        return cached[1]
+
+    def _extend_copy(self, x: np.ndarray, ids: np.ndarray) -> None:
+        """Keep an existing vector copy in step with an add (an id added again replaces its
+        vector, as in hnswlib), so that filtered search need not copy every vector again."""
+        cached = self._lookup
+        if cached is None or cached[0] != self._rows_version - 1:
+            return
+        _, labels, vectors = cached[1]
+        keep = ~np.isin(labels, ids)
+        labels = np.concatenate([labels[keep], ids])
+        vectors = np.concatenate([vectors[keep], x])
+        self._lookup = (self._rows_version, (id_lookup(labels), labels, vectors))
+
+    def _search_admitted(
+        self, q: np.ndarray, k: int, params: dict[str, Any], allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        # Over-fetch, not hnswlib's `filter=` callable: that calls Python for every node the
+        # search visits, under the GIL. Measured on GloVe 10K, one query per call: at 50%
+        # admitted, filter= 0.26 ms (recall 0.995) vs over-fetch 0.16 ms (0.969); at 10%,
+        # 0.97 ms vs 0.17 ms (1.000 vs 0.995); at 1%, 3.8 ms vs 1.0 ms. hnswlib raises its
+        # beam to the k asked for, so the over-fetch widens the search too.
+        try:
+            return self.overfetch_filtered(q, k, params, allowed)
+        except ValueError:
+            # The graph cannot reach as many items as the over-fetch asked for: exact is the
+            # answer that is sure to be complete.
+            return self._exact_filtered(q, k, allowed)
+
+    def _admitted_vectors(self, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lookup, labels, vectors = self._vector_copy()
+        rows = rows_of(allowed, lookup)
+        # The stored vectors as given (the "ip" space stores them as is: unit rows for cosine).
+        return labels[rows], vectors[rows]
 
 
 def _check_state(state: dict[str, Any], space: str, dim: int) -> None:

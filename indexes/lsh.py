@@ -99,9 +99,11 @@ import numba
 import numpy as np
 from numba import types as nt
 
-from .base import MAX_SEED, Index
+from .base import MAX_SEED, Index, id_lookup, rows_of
 from .kernels import JIT, deheap_sort, heap_push, heap_sift_down, prefetch, score_rows
 
+# Probes grow as 1 / selectivity ** this under a filter (see LSHIndex._search_admitted).
+FILTER_WIDENING = 1.0
 _MAX_BITS = 24  # offsets hold 2**n_bits + 1 entries per table
 # Buckets a search may visit per table: a search holds 3 x n_tables x probes int64 of probe
 # keys and bucket bounds (1.5 MB at the default 64 tables). Recall on GloVe 400K is 0.99 at
@@ -406,6 +408,8 @@ class LSHIndex(Index):
         self._tls = threading.local()  # per-thread search scratch, see _scratch
         self._lock = threading.Lock()  # one merge of the pending rows at a time
         self._metric_code = {"cosine": _COSINE, "ip": _IP, "l2": _L2}[metric]
+        # (the ids array it was made from, its id -> row lookup) for filtered search
+        self._lookup: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None
         self._empty()
 
     def _empty(self) -> None:
@@ -543,6 +547,32 @@ class LSHIndex(Index):
         markers, cands, gens = self._scratch(n, 1)
         ids_out, scores, counts, gens[0] = _search_serial(*args, markers[0], cands[0], gens[0])
         return ids_out, scores, counts
+
+    # ---- filtered search
+
+    def _admitted_rows(self, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(vectors, ids) of the merged tables and the row positions of the admitted ids."""
+        vectors, ids, _, _ = self._merged()
+        cached = self._lookup
+        if cached is None or cached[0] is not ids:  # a merge replaces the ids array
+            cached = self._lookup = (ids, id_lookup(ids))
+        return vectors, ids, rows_of(allowed, cached[1])
+
+    def _admitted_vectors(self, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        vectors, ids, rows = self._admitted_rows(allowed)
+        return ids[rows], vectors[rows]
+
+    def _search_admitted(
+        self, q: np.ndarray, k: int, params: dict[str, Any], allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        # Over-fetching alone does not help here: the candidates are the union of the probed
+        # buckets whatever k is, and a share s of them is admitted. The probes grow with
+        # 1 / s ** FILTER_WIDENING, so that about as many admitted rows are re-scored as
+        # an unfiltered search re-scores rows (a bucket's rows hold fewer and fewer true
+        # neighbours further out, hence less than 1 / s).
+        share = min(1.0, allowed.size / len(self))
+        probes = int(min(MAX_PROBES, np.ceil(params["probes"] / share**FILTER_WIDENING)))
+        return self.overfetch_filtered(q, k, {**params, "probes": probes}, allowed)
 
     # ---- persistence and size
 

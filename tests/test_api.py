@@ -139,6 +139,7 @@ def test_openapi_describes_every_route(client):
 
     assert response_ref("200").endswith("/SearchResponse")
     fields = {"vector", "vector_b64", "id", "k", "params", "exact"}
+    fields |= {"filter", "with_payload", "with_vector", "score_threshold"}  # CONTRACT section 3's optional fields
     assert set(components["SearchRequest"]["properties"]) == fields
     assert "UpsertRequest" in components and "BatchSearchRequest" in components
     # Our 422s are {"detail": str}, not FastAPI's list: the schema must say so.

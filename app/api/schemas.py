@@ -166,6 +166,18 @@ _PARAMS = Field(
     "override the collection's defaults for this request only; unknown names are an error",
 )
 _EXACT = Field(False, description="answer by brute force over the same live data")
+_FILTER = Field(
+    None,
+    description="payload conditions, Chroma/Pinecone style: {\"field\": value}, {\"field\": {\"$lt\": 10}}, "
+    "operators $eq $ne $gt $gte $lt $lte $in $nin $exists, combinators $and $or $not, the reserved field `id`; "
+    "only the items it admits are searched",
+    examples=[{"category": "books", "price": {"$lt": 10}}, {"id": {"$nin": ["seen-1", "seen-2"]}}],
+)
+_WITH_PAYLOAD = Field(False, description="results carry `payload`: true for the whole payload, or a list of its fields")
+_WITH_VECTOR = Field(False, description="results carry the stored `vector`")
+_SCORE_THRESHOLD = Field(
+    None, description="leave out results scored worse: below it (cosine, ip), above it (l2, a distance)"
+)
 
 
 class SearchRequest(_Request):
@@ -177,6 +189,10 @@ class SearchRequest(_Request):
     k: int = _K
     params: dict[str, Any] = _PARAMS
     exact: bool = _EXACT
+    filter: dict[str, Any] | None = _FILTER
+    with_payload: bool | list[str] = _WITH_PAYLOAD
+    with_vector: bool = _WITH_VECTOR
+    score_threshold: float | None = _SCORE_THRESHOLD
 
 
 class BatchSearchRequest(_Request):
@@ -187,11 +203,17 @@ class BatchSearchRequest(_Request):
     k: int = _K
     params: dict[str, Any] = _PARAMS
     exact: bool = _EXACT
+    filter: dict[str, Any] | None = Field(None, description="as for /search: applies to every query")
+    with_payload: bool | list[str] = _WITH_PAYLOAD
+    with_vector: bool = _WITH_VECTOR
+    score_threshold: float | None = _SCORE_THRESHOLD
 
 
 class SearchHit(BaseModel):
     id: str
     score: float = Field(description="cosine similarity / inner product (higher is better) or squared L2")
+    payload: dict[str, Any] | None = Field(None, description="only with `with_payload`")
+    vector: list[float] | None = Field(None, description="only with `with_vector`")
 
 
 class SearchResponse(BaseModel):

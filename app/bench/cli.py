@@ -82,6 +82,10 @@ def select_kinds(kinds: Optional[str]) -> list[str]:
 
 
 def bench(
+    mode: Optional[str] = typer.Argument(
+        None, help="'filtered': recall and latency under payload filters (app/bench/filtered.py); "
+        "default: the recall vs QPS sweep of every kind"
+    ),
     dataset: str = typer.Option("glove", help="'glove', 'fashion', or a .npy/.fvecs file (then --metric)"),
     metric: Optional[str] = typer.Option(None, help="cosine, ip or l2 (default: the dataset's own)"),
     kinds: Optional[str] = typer.Option(None, help="comma list of index kinds (default: all)"),
@@ -95,9 +99,14 @@ def bench(
     overhead_mode: bool = typer.Option(False, "--overhead", help="time wrapper vs raw library instead"),
     seed: int = typer.Option(0, help="seed for the held-out queries"),
 ) -> None:
-    """Recall vs QPS of every index kind (and peers): table, results.csv, recall_vs_qps.png."""
+    """Recall vs QPS of every index kind (and peers): table, results.csv, recall_vs_qps.png.
+    `annserve bench filtered`: filtered search per selectivity (--kinds default hnsw, hnswlib,
+    ivf_flat, forest): table, filtered.csv, filtered.png."""
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = 160  # a log file has no width; 80 columns would fold every parameter
+    if mode is not None:
+        _bench_mode(mode, dataset, metric, kinds, limit, queries, k, out, seed)
+        return
     try:
         chosen = select_kinds(kinds)
         contenders = chosen + (list(PEERS) if peers and not overhead_mode else [])
@@ -134,3 +143,22 @@ def bench(
             results += found
             skipped += failed
     report(results, skipped, data, k, out)
+
+
+def _bench_mode(
+    mode: str, dataset: str, metric: Optional[str], kinds: Optional[str], limit: Optional[int],
+    queries: int, k: int, out: Path, seed: int,
+) -> None:
+    """`annserve bench MODE`: the benchmarks other than the default sweep."""
+    try:
+        if mode != "filtered":
+            raise ValueError(f"bench: expected no argument or 'filtered', got {mode!r}")
+        from .filtered import DEFAULT_KINDS, run_filtered
+
+        chosen = select_kinds(kinds) if kinds else list(DEFAULT_KINDS)
+        with console.status("loading data"):
+            data = load_dataset(dataset, metric, queries, limit, seed)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    run_filtered(data, chosen, k, out, seed)

@@ -37,11 +37,12 @@ from .auto import AUTO, EMPTY_KIND, pick_kind
 from .build import check_stop
 from .errors import NotFound
 from .files import write_durably
+from .filters import as_filter
 from .inputs import (  # noqa: F401 - MAX_ID_CHARS: the HTTP layer's schemas import it from here
     MAX_ID_CHARS, check_exclude, check_ids, check_k, check_vectors, is_storable_id, payload_texts,
     prepare_queries,
 )
-from .merge import Candidates, Hits, merge_hits
+from .merge import Candidates, Hits, merge_hits, over_threshold
 from .payload_limits import check_payload_limits
 from .recall import RecallMonitor, RecallSampler, check_policy
 from .routing import positions_by_shard, shard_of
@@ -287,14 +288,18 @@ class Collection:
 
     def search(
         self, queries: Any, k: int, params: dict | None = None, exact: bool = False,
-        exclude: Sequence[str | None] | None = None,
+        exclude: Sequence[str | None] | None = None, filter: Any = None,
+        score_threshold: float | None = None,
     ) -> list[Hits]:
         """Up to k (id, score) per query of (nq, dim) `queries`, best first, merged over main
         and fresh of every shard. `params` override the main index's search defaults for this
         call (unknown names raise ValueError); `exact` brute-forces the same live data;
-        `exclude[i]` is left out of query i's results."""
+        `exclude[i]` is left out of query i's results. `filter` (a filter object, or a tree
+        from filters.parse_filter) admits the items searched, for every query;
+        `score_threshold` drops results scored worse than it (below it, or above it for l2)."""
         queries = prepare_queries(queries, self.dim, self.metric, self.name)
         k = check_k(k)
+        where = as_filter(filter)
         nq = queries.shape[0]
         exclude = check_exclude(exclude, nq)
         given = {**self.search_defaults(), **(params or {})}  # the request's own win
@@ -307,13 +312,25 @@ class Collection:
 
         def one(shard: Shard) -> list[Candidates]:
             if exact:
-                return shard.search_exact(queries, fetch)
-            return shard.search(queries, fetch, resolved)
+                return shard.search_exact(queries, fetch, where)
+            return shard.search(queries, fetch, resolved, where)
 
         parts = self._on_every_shard(one, nq, "exact" if exact else "index")
         if not parts:
             return [[] for _ in range(nq)]
-        return merge_hits(parts, k, self.metric, exclude)
+        hits = merge_hits(parts, k, self.metric, exclude)
+        return hits if score_threshold is None else over_threshold(hits, score_threshold, self.metric)
+
+    def records(
+        self, ids: Sequence[str], payloads: bool, vectors: bool
+    ) -> dict[str, tuple[np.ndarray | None, dict | None]]:
+        """id -> (vector (dim,) float32 or None, payload or None) of those of `ids` that exist
+        (an id deleted since its search found it is left out), one store read per shard."""
+        found: dict[str, tuple[np.ndarray | None, dict | None]] = {}
+        unique = list(dict.fromkeys(ids))
+        for shard_no, group in self._split(unique, unique).items():
+            found.update(self._shards[shard_no].store.records(group, payloads, vectors))
+        return found
 
     def _on_every_shard(self, work: Callable[[Shard], list[Candidates]], nq: int, what: str) -> list[Candidates]:
         """`work` on every shard: the first shard on this thread (no hand-off for a single shard),

@@ -118,6 +118,14 @@ def merge_hits(
     return out
 
 
+def over_threshold(rows: list[Hits], threshold: float, metric: str) -> list[Hits]:
+    """Each row without the hits scored worse than `threshold`: below it where higher is
+    better, above it for l2 (a distance). Rows are best first, so each keeps a prefix."""
+    if higher_is_better(metric):
+        return [[h for h in row if h[1] >= threshold] for row in rows]
+    return [[h for h in row if h[1] <= threshold] for row in rows]
+
+
 def _merge_tied_row(
     parts: Sequence[Candidates], labels: np.ndarray, keys: np.ndarray, scores: np.ndarray, want: int,
     higher: bool,

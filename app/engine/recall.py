@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from .search_options import NO_OPTIONS, SearchOptions
 from .stats import Histogram
 
 if TYPE_CHECKING:
@@ -67,10 +68,11 @@ class _Sample:
     params: dict | None
     exclude: list[str | None] | None
     answers: list[Hits]  # what the callers got, one per row
+    options: SearchOptions = NO_OPTIONS  # the filter and threshold are re-applied to the exact run
 
     def group(self) -> tuple:
         params = orjson.dumps(self.params, option=orjson.OPT_SORT_KEYS) if self.params else b""
-        return (id(self.monitor), self.k, params)
+        return (id(self.monitor), self.k, params, self.options.where, self.options.score_threshold)
 
 
 def query_recall(got: Hits, truth: Hits) -> float | None:
@@ -163,14 +165,18 @@ class RecallSampler:
                 exclude = [e for m in members for e in (m.exclude or [None] * len(m.queries))]
             try:
                 truth = first.monitor.collection.search(
-                    queries, first.k, first.params, exact=True, exclude=exclude
+                    queries, first.k, first.params, exact=True, exclude=exclude,
+                    filter=first.options.where, score_threshold=first.options.score_threshold,
                 )
             except Exception as exc:  # noqa: BLE001 - a deleted or closed collection: drop the samples
                 log.debug("recall re-run of %d samples failed: %s", len(queries), exc)
                 first.monitor.count_dropped(len(queries))
                 continue
             answers = [a for m in members for a in m.answers]
-            plain = [exclude is None or exclude[row] is None for row in range(len(queries))]
+            # A filtered query measures the index under that filter: not a plain query for the
+            # tuner and the rebuild gate, which search without one.
+            unfiltered = first.options.where is None and first.options.score_threshold is None
+            plain = [unfiltered and (exclude is None or exclude[row] is None) for row in range(len(queries))]
             first.monitor.record(queries, first.k, answers, truth, plain)
 
 
@@ -200,10 +206,10 @@ class RecallMonitor:
 
     def offer(
         self, queries: np.ndarray, k: int, params: dict | None, exclude: Sequence[str | None] | None,
-        answers: list[Hits],
+        answers: list[Hits], options: SearchOptions = NO_OPTIONS,
     ) -> None:
-        """After a search returned `answers` for (nq, dim) `queries`: pick each row with the
-        sample rate and queue the picked ones. Never blocks."""
+        """After a search returned `answers` for (nq, dim) `queries` (with `options`' filter and
+        threshold): pick each row with the sample rate and queue the picked ones. Never blocks."""
         sampler = self.sampler
         if sampler is None or sampler.rate <= 0.0:
             return
@@ -219,6 +225,7 @@ class RecallMonitor:
         sample = _Sample(
             self, np.array(queries[rows], dtype=np.float32), int(k), dict(params) if params else None,
             [exclude[r] for r in rows] if exclude is not None else None, [answers[r] for r in rows],
+            options,
         )
         if not sampler.put(sample):
             self.count_dropped(len(rows))

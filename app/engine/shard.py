@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ..indexes import Index, create_index, load_index
 from ..indexes.base import worst_score
@@ -35,9 +36,11 @@ from .build import (
     read_build_notes, read_snapshot, stage,
 )
 from .errors import NotFound
+from .filters import Node, admitted, referenced_ids
 from .group_commit import GroupCommit
 from .labels import LabelMap, LabelView
 from .merge import Candidates, brute_force
+from .payload_index import PayloadIndex, ShardLookup
 from .rwlock import ReadWriteLock
 from .store import ShardStore
 
@@ -118,6 +121,7 @@ class Shard:
         self.main_recall: float | None = None
         self.fresh = create_index("flat", dim, metric)
         self.labels = LabelMap()
+        self.payloads = PayloadIndex()  # filters: which labels hold which payload values
         self.index_lost = False  # an index file existed but could not be loaded (or was dropped)
         self._load()
 
@@ -145,6 +149,9 @@ class Shard:
             self._next_label = max(snap.max_label, self.main_max) + 1
             for labels, ids, _ in snap.chunks(rows=SNAPSHOT_CHUNK, vectors=False):
                 self.labels.append(labels, ids)
+            for labels, texts in snap.payload_chunks(rows=SNAPSHOT_CHUNK):
+                self.payloads.add(self.payloads.entries(labels, [orjson.loads(t) for t in texts]))
+            self.payloads.seal(self.labels.view().is_live, force=True)
             self._load_fresh(snap)
 
     def _load_fresh(self, snap: Any) -> None:
@@ -196,10 +203,15 @@ class Shard:
         labels = np.arange(self._next_label, self._next_label + n, dtype=np.int64)
         replaced = self.store.upsert(labels, ids, vectors, payloads)  # raises: nothing applied
         self._next_label += n
+        # Built before the state lock: searches wait only for the appends.
+        entries = self.payloads.entries(labels, [orjson.loads(t) if t is not None else None for t in payloads])
         with self._state.write():
             self._forget(replaced)
             self.fresh.add(vectors, labels)
             self.labels.append(labels, ids)
+            self.payloads.add(entries)
+        # Sorting a grown column again builds new arrays: no lock needed beyond the write lock.
+        self.payloads.seal(self.labels.view().is_live)
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete these (distinct) ids; returns how many existed."""
@@ -223,20 +235,38 @@ class Shard:
 
     # ---- search ----
 
-    def search(self, queries: np.ndarray, fetch: int, params: SearchParams) -> list[Candidates]:
+    def search(
+        self, queries: np.ndarray, fetch: int, params: SearchParams, where: Node | None = None
+    ) -> list[Candidates]:
         """Up to `fetch` live candidates per prepared (nq, dim) query from main (tombstones
         masked out) and from fresh, side by side in one label array (one label space: merging
-        them needs no bookkeeping) with this shard's label -> id map; [] when it is empty."""
+        them needs no bookkeeping) with this shard's label -> id map; [] when it is empty.
+        With a filter `where`, only the live labels it admits are searched: they go to main
+        and to fresh as the library's `allowed` (so no tombstone can come back)."""
+        id_labels = self._id_labels(where)
         with self._state.read():
             # main, fresh and the labels are read as one consistent set: a swap cannot fall between.
             main, view = self.main, self.labels.view()
             fresh_len = len(self.fresh)
-            main_live = self.labels.live - fresh_len
-            fresh = self.fresh.search_prepared(queries, fetch, {}) if fresh_len else None
+            if where is None:
+                main_allowed = None
+                main_live = self.labels.live - fresh_len
+                fresh = self.fresh.search_prepared(queries, fetch, {}) if fresh_len else None
+            else:
+                allowed = admitted(where, ShardLookup(self.payloads.view(), view, id_labels))
+                split = int(allowed.searchsorted(self.main_max, "right"))
+                main_allowed, fresh_allowed = allowed[:split], allowed[split:]
+                main_live = len(main_allowed)
+                fresh = None
+                if len(fresh_allowed):
+                    fresh = self.fresh.search_prepared(queries, fetch, {}, allowed=fresh_allowed)
         if main is None or main_live <= 0:
             return [Candidates(*fresh, view)] if fresh is not None else []
         # Searches never hold a lock while main runs: main is immutable once installed.
-        labels, scores = self._main_search(main, queries, fetch, params.for_index(main), main_live, view)
+        if main_allowed is None:
+            labels, scores = self._main_search(main, queries, fetch, params.for_index(main), main_live, view)
+        else:  # only live labels are admitted: no tombstone to mask
+            labels, scores = main.search_prepared(queries, fetch, params.for_index(main), allowed=main_allowed)
         if fresh is not None:
             labels, scores = np.hstack([labels, fresh[0]]), np.hstack([scores, fresh[1]])
         return [Candidates(labels, scores, view)]
@@ -276,14 +306,30 @@ class Shard:
             short = short[(found < fetch) & (found < main_live)]
         return labels, scores
 
-    def search_exact(self, queries: np.ndarray, fetch: int) -> list[Candidates]:
+    def search_exact(self, queries: np.ndarray, fetch: int, where: Node | None = None) -> list[Candidates]:
         """Brute force over the live items in the store (one consistent snapshot), read in
-        chunks so that memory stays bounded whatever the shard's size."""
+        chunks so that memory stays bounded whatever the shard's size; with a filter `where`,
+        over the items it admits (as the payload index answers it)."""
+        allowed = None
+        if where is not None:
+            id_labels = self._id_labels(where)
+            with self._state.read():
+                allowed = admitted(where, ShardLookup(self.payloads.view(), self.labels.view(), id_labels))
         with self.store.snapshot() as snap:
             chunks = ((labels, vectors) for labels, _, vectors in snap.chunks(rows=SNAPSHOT_CHUNK))
+            if allowed is not None:
+                chunks = _admitted_rows(chunks, allowed)
             labels, scores = brute_force(queries, chunks, fetch, self.dim, self.metric)
             names = snap.ids_of(labels.ravel())  # the same view's ids: deleted since or not
         return [Candidates(labels, scores, SnapshotNames(names))]
+
+    def _id_labels(self, where: Node | None) -> dict[str, int]:
+        """The current labels of the ids a filter names, read from the store before a search
+        takes its view. (An id re-upserted between the two reads has a label the view does not
+        know yet: for that moment `{"id": X}` misses X and `$nin` lets X's previous version
+        through; a race with a write of X itself, as any read racing a write.)"""
+        ids = referenced_ids(where)
+        return self.store.labels_of(ids) if ids else {}
 
     # ---- rebuild ----
 
@@ -342,6 +388,18 @@ class Shard:
         a `Collection.writes_paused` block: the write lock)."""
         with self._write_lock:
             self.store.close()
+
+
+def _admitted_rows(
+    chunks: Iterator[tuple[np.ndarray, np.ndarray]], allowed: np.ndarray
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The (labels, vectors) chunks cut down to the rows whose label is in sorted `allowed`;
+    chunks left empty are skipped."""
+    for labels, vectors in chunks:
+        pos = allowed.searchsorted(labels).clip(max=max(len(allowed) - 1, 0))
+        keep = allowed[pos] == labels if len(allowed) else np.zeros(len(labels), dtype=bool)
+        if keep.any():
+            yield labels[keep], vectors[keep]
 
 
 def install_together(shards: Sequence[Shard], news: Sequence[NewMain]) -> None:

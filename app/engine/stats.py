@@ -163,6 +163,7 @@ class ShardLook:
     main_bytes: int  # memory of the main index (0 before the first build)
     fresh_bytes: int  # estimated: vectors and ids
     kind: str | None  # the main index's kind, None before the first build
+    payload_bytes: int = 0  # the payload index (filters): its arrays and distinct strings
 
 
 def look_at_shards(collection: Collection) -> list[ShardLook]:
@@ -176,7 +177,7 @@ def look_at_shards(collection: Collection) -> list[ShardLook]:
             # main is immutable and caches its size; fresh changes with every write, and
             # FAISS measures by serialising, so fresh is estimated: vectors and int64 ids.
             main.memory_bytes() if main is not None else 0, counts.fresh * (collection.dim * 4 + 8),
-            main.kind if main is not None else None,
+            main.kind if main is not None else None, shard.payloads.memory_bytes(),
         ))
     return looks
 

@@ -104,6 +104,23 @@ class Snapshot:
             yield labels, ids, vecs
             last = int(labels[-1])
 
+    def payload_chunks(self, rows: int = 50_000) -> Iterator[tuple[np.ndarray, list[str]]]:
+        """Labels (m,) int64 and payload JSON texts of the live items that have a payload, in
+        label order, `rows` at a time (the payload index is built from them at start-up)."""
+        sql = (
+            "SELECT label, payload FROM items WHERE label > ? AND label <= ? AND payload IS NOT NULL "
+            "ORDER BY label LIMIT ?"
+        )
+        last = 0
+        while True:
+            self._store._check_open()
+            batch = self._conn.execute(sql, (last, self.max_label, rows)).fetchall()
+            if not batch:
+                return
+            labels = np.fromiter((r[0] for r in batch), dtype=np.int64, count=len(batch))
+            yield labels, [r[1] for r in batch]
+            last = int(labels[-1])
+
     def ids_of(self, labels: np.ndarray) -> dict[int, str]:
         """label -> id for those of (m,) `labels` that are live in the view."""
         wanted = orjson.dumps(np.unique(labels[labels > 0]).tolist()).decode()
@@ -205,6 +222,32 @@ class ShardStore:
             return None
         vector = np.frombuffer(row[0], dtype=LITTLE_F32).astype(np.float32)
         return vector, (orjson.loads(row[1]) if row[1] is not None else None)
+
+    def labels_of(self, ids: Sequence[str]) -> dict[str, int]:
+        """id -> current label of those of `ids` that exist (a filter on the reserved field `id`)."""
+        if not ids:
+            return {}
+        with self._reader() as conn:
+            return dict(conn.execute(LABELS_OF_IDS, (orjson.dumps(list(ids)).decode(),)).fetchall())
+
+    def records(
+        self, ids: Sequence[str], payloads: bool, vectors: bool
+    ) -> dict[str, tuple[np.ndarray | None, dict[str, Any] | None]]:
+        """id -> (vector (dim,) float32 or None, payload or None) of those of `ids` that exist,
+        reading only the columns asked for (search answers with `with_payload`/`with_vector`)."""
+        if not ids:
+            return {}
+        columns = ", ".join(["id", "vector" if vectors else "NULL", "payload" if payloads else "NULL"])
+        sql = f"SELECT {columns} FROM items WHERE id IN (SELECT value FROM json_each(?))"
+        with self._reader() as conn:
+            rows = conn.execute(sql, (orjson.dumps(list(ids)).decode(),)).fetchall()
+        return {
+            item_id: (
+                np.frombuffer(vector, dtype=LITTLE_F32).astype(np.float32) if vector is not None else None,
+                orjson.loads(payload) if payload is not None else None,
+            )
+            for item_id, vector, payload in rows
+        }
 
     @contextmanager
     def snapshot(self) -> Iterator[Snapshot]:

@@ -33,6 +33,7 @@ import numpy as np
 import orjson
 
 from ...engine.collection import Hits
+from ...engine.search_options import NO_OPTIONS, SearchOptions, with_records
 
 
 @dataclass(eq=False)
@@ -44,10 +45,12 @@ class _Request:
     exact: bool
     exclude: list[str | None] | None
     future: asyncio.Future = field(repr=False)
+    options: SearchOptions = NO_OPTIONS
 
     def group(self) -> tuple:
         params = orjson.dumps(self.params, option=orjson.OPT_SORT_KEYS) if self.params else b""
-        return (self.collection, self.k, params, self.exact)  # the collection by identity
+        # The collection by identity; a filter tree is hashable and equal to an equal filter.
+        return (self.collection, self.k, params, self.exact, self.options.where, self.options.score_threshold)
 
 
 class SearchBatcher:
@@ -62,11 +65,13 @@ class SearchBatcher:
 
     async def search(
         self, collection: Any, queries: np.ndarray, k: int, params: dict | None, exact: bool,
-        exclude: list[str | None] | None,
-    ) -> list[Hits]:
-        """Like `collection.search(...)`, answered in an engine call shared with concurrent requests."""
+        exclude: list[str | None] | None, options: SearchOptions = NO_OPTIONS,
+    ) -> list[Hits] | list[list[dict]]:
+        """Like `collection.search(...)`, answered in an engine call shared with concurrent
+        requests; with `options` that fetch payloads or vectors, rows of result objects
+        (search_options.with_records) instead of (id, score) pairs."""
         loop = asyncio.get_running_loop()
-        request = _Request(collection, queries, k, params, exact, exclude, loop.create_future())
+        request = _Request(collection, queries, k, params, exact, exclude, loop.create_future(), options)
         self._queue.append(request)
         if self._in_flight < self.max_in_flight:
             # The drain task first runs after the callbacks already scheduled: the requests that
@@ -136,13 +141,18 @@ def _search_together(members: list[_Request]) -> list[list[Hits]]:
         exclude = [e for m in members for e in (m.exclude or [None] * len(m.queries))]
         if not any(exclude):
             exclude = None
-    hits = first.collection.search(queries, first.k, first.params, exact=first.exact, exclude=exclude)
+    options = first.options
+    hits = first.collection.search(
+        queries, first.k, first.params, exact=first.exact, exclude=exclude, filter=options.where,
+        score_threshold=options.score_threshold,
+    )
     # Counters, and the online-recall sample (queued for an exact re-run off this path).
     first.collection.stats.searched(len(members), len(queries))
     if not first.exact:
-        first.collection.recall.offer(queries, first.k, first.params, exclude, hits)
+        first.collection.recall.offer(queries, first.k, first.params, exclude, hits, options)
     rows, start = [], 0
     for member in members:
-        rows.append(hits[start : start + len(member.queries)])
+        mine = hits[start : start + len(member.queries)]
+        rows.append(with_records(member.collection, mine, member.options) if member.options.fetches else mine)
         start += len(member.queries)
     return rows

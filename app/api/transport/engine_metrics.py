@@ -11,7 +11,7 @@ NAME_PATTERN (letters, digits, `_ . -`), and every other label value is a fixed 
 Families (all prefixed `annserve_`):
   collection_items{collection,shard,part}          live items in main / fresh
   collection_tombstones{collection,shard}          dead items still inside main
-  index_memory_bytes{collection,shard,part}        main (measured) and fresh (estimated)
+  index_memory_bytes{collection,shard,part}        main (measured), fresh (estimated), payload (filters)
   searches_total, search_queries_total             requests and query vectors searched
   search_batch_queries                             histogram: queries per engine call, all collections
   upserted_items_total, deleted_items_total
@@ -46,8 +46,8 @@ FAMILIES: list[tuple[str, str, str]] = [
     ("annserve_collection_items", "gauge", "Live items per shard, in the main index and in the fresh (exact) index"),
     ("annserve_collection_tombstones", "gauge", "Deleted or replaced items still inside a shard's main index "
      "(filtered out of answers; compacted away by a rebuild)"),
-    ("annserve_index_memory_bytes", "gauge", "Memory of a shard's main index (measured) and fresh index "
-     "(estimated: vectors and ids)"),
+    ("annserve_index_memory_bytes", "gauge", "Memory of a shard's main index (measured), fresh index "
+     "(estimated: vectors and ids) and payload index (its arrays, and its distinct strings estimated)"),
     ("annserve_searches_total", "counter", "Search requests answered (a batch search counts one)"),
     ("annserve_search_queries_total", "counter", "Query vectors searched"),
     ("annserve_search_batch_queries", "histogram", "Query vectors per engine search call, all collections "
@@ -140,6 +140,7 @@ class EngineMetrics:
             out["annserve_index_memory_bytes"] += [
                 f'annserve_index_memory_bytes{{{s},part="main"}} {look.main_bytes}\n',
                 f'annserve_index_memory_bytes{{{s},part="fresh"}} {look.fresh_bytes}\n',
+                f'annserve_index_memory_bytes{{{s},part="payload"}} {look.payload_bytes}\n',
             ]
         for name, value in (
             ("annserve_searches_total", stats.searches), ("annserve_search_queries_total", stats.queries),

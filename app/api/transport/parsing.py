@@ -27,6 +27,9 @@ import orjson
 from fastapi import Response
 from fastapi.concurrency import run_in_threadpool
 
+from ...engine.filters import parse_filter
+from ...engine.search_options import SearchOptions
+
 from . import json_pieces
 
 _F32_LE = np.dtype("<f4")
@@ -114,6 +117,30 @@ def get_bool(body: dict[str, Any], name: str) -> bool:
     if type(value) is not bool:  # noqa: E721
         raise ValueError(f"{name}: expected true or false, got {value!r}")
     return value
+
+
+OPTION_FIELDS = frozenset(("filter", "with_payload", "with_vector", "score_threshold"))
+
+
+def get_options(body: dict[str, Any]) -> SearchOptions | None:
+    """The optional search fields (filter, with_payload, with_vector, score_threshold) of a
+    search body, checked; None when it has none of them (the default path does no more)."""
+    if not OPTION_FIELDS & body.keys():
+        return None
+    with_payload = body.get("with_payload", False)
+    if type(with_payload) is not bool:  # noqa: E721
+        if not isinstance(with_payload, list) or not all(isinstance(f, str) for f in with_payload):
+            raise ValueError(f"with_payload: expected true, false or a list of field names, got {with_payload!r}")
+        with_payload = tuple(with_payload)
+    threshold = body.get("score_threshold")
+    if threshold is not None and (type(threshold) is bool or not isinstance(threshold, (int, float))):  # noqa: E721
+        raise ValueError(f"score_threshold: expected a number, got {threshold!r}")
+    return SearchOptions(
+        where=parse_filter(body.get("filter")),
+        with_payload=with_payload,
+        with_vector=get_bool(body, "with_vector"),
+        score_threshold=None if threshold is None else float(threshold),
+    )
 
 
 def vector_from_list(value: Any, dim: int, what: str = "vector") -> np.ndarray:
