@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     data_dir: Path = Path("./data")
     log_level: str = "info"
+    # Processes serving the data directory on one port (`annserve serve --workers N`); None: one
+    # per core available to `annserve serve` for a data node, one for a router (app/serve.py).
+    workers: int | None = Field(None, ge=1, le=256)
 
     # Dual index: fresh is exact, so it must stay small; past this many items a rebuild starts.
     fresh_limit: int = Field(20_000, ge=1)
