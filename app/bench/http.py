@@ -530,6 +530,7 @@ def bench_http(
     rebuild_timeout: float = typer.Option(1800, min=1, help="seconds a rebuild may take, then the run fails"),
     lag_seconds: int = typer.Option(10, min=1, help="length of the event-loop lag run under mixed load"),
     keep: Optional[Path] = typer.Option(None, help="keep the server's data and log in this directory"),
+    workers: int = typer.Option(1, min=1, help="annserve serve --workers: processes serving the port"),
 ) -> None:
     """Measure the service over HTTP: ingest, recall, latency, throughput, event-loop lag under
     mixed load, search during a rebuild."""
@@ -550,7 +551,7 @@ def bench_http(
     # No automatic rebuild during ingest: the rebuild is measured on its own.
     # The loop-lag probe every millisecond, as fine as the measurement is meant to be.
     env = {"ANNSERVE_FRESH_LIMIT": str(10 * n), "ANNSERVE_LOOP_LAG_INTERVAL_SECONDS": "0.001"}
-    server = ServeProcess(workdir / "data", workdir / "server.log", env)
+    server = ServeProcess(workdir / "data", workdir / "server.log", env, workers)
     finished = False
     try:
         client = server.start(request_timeout=REQUEST_TIMEOUT)
@@ -571,7 +572,7 @@ def bench_http(
             shutil.rmtree(workdir, ignore_errors=True)
 
     width = max(len(r[0]) for r in rows)
-    print(f"\nannserve bench-http: {n} x {dim}, {kind}, {dataset.metric}; data: {source}")
+    print(f"\nannserve bench-http: {n} x {dim}, {kind}, {dataset.metric}, {workers} worker(s); data: {source}")
     load_after = f"{os.getloadavg()[0]:.1f}"
     print(f"machine: {os.cpu_count()} CPUs, load average {load_before} before, {load_after} after")
     print(f"{'measure'.ljust(width)}  {'value':>22}  target")
