@@ -50,11 +50,16 @@ def serve(
     data_dir: Optional[Path] = typer.Option(
         None, help="data directory [env ANNSERVE_DATA_DIR, default ./data]"
     ),
+    workers: Optional[int] = typer.Option(
+        None, min=0, max=256,
+        help="processes serving the data directory on the port [env ANNSERVE_WORKERS, default 1; "
+        "0: one per core available (a router: 1)]",
+    ),
 ) -> None:
     """Start the HTTP service with its embedded store (nothing else to start)."""
     from .serve import run
 
-    overrides = {"host": host, "port": port, "data_dir": data_dir}
+    overrides = {"host": host, "port": port, "data_dir": data_dir, "workers": workers}
     run({name: value for name, value in overrides.items() if value is not None})
 
 

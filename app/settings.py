@@ -17,6 +17,11 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     data_dir: Path = Path("./data")
     log_level: str = "info"
+    # Processes serving the data directory on one port (`annserve serve --workers N`); 0: one
+    # per core available for a data node, one for a router (app/serve.py). The default is one:
+    # on this 2-core machine two workers served fewer searches than one (README, Configuration),
+    # and the engine's own metrics and the recall window are still per worker.
+    workers: int = Field(1, ge=0, le=256)
 
     # Dual index: fresh is exact, so it must stay small; past this many items a rebuild starts.
     fresh_limit: int = Field(20_000, ge=1)

@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None, hot_path: bool = True) -> FastA
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     # Keys are checked before a body byte is read, for every route the hot path included.
     app.add_middleware(AuthMiddleware, keys=KeyRing.from_settings(settings))
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, worker_header=(settings.workers or 1) > 1)
     app.openapi = lambda: _openapi(app)
     return app
 

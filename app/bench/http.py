@@ -643,6 +643,7 @@ def bench_http(
     keep: Optional[Path] = typer.Option(None, help="keep the server's data and log in this directory"),
     peers: Optional[str] = typer.Option(None, help="instead, compare with other services: a comma list of "
                                         "redis, chroma, pgvector, or all, or none (annserve alone)"),
+    workers: int = typer.Option(1, min=1, help="annserve serve --workers: processes serving the port"),
 ) -> None:
     """Measure the service over HTTP: ingest, recall, latency, throughput, event-loop lag under
     mixed load, search during a rebuild. With --peers: annserve against other services instead."""
@@ -669,7 +670,7 @@ def bench_http(
     # No automatic rebuild during ingest: the rebuild is measured on its own.
     # The loop-lag probe every millisecond, as fine as the measurement is meant to be.
     env = {"ANNSERVE_FRESH_LIMIT": str(10 * n), "ANNSERVE_LOOP_LAG_INTERVAL_SECONDS": "0.001"}
-    server = ServeProcess(workdir / "data", workdir / "server.log", env)
+    server = ServeProcess(workdir / "data", workdir / "server.log", env, workers)
     finished = False
     try:
         client = server.start(request_timeout=REQUEST_TIMEOUT)
@@ -690,7 +691,7 @@ def bench_http(
             shutil.rmtree(workdir, ignore_errors=True)
 
     width = max(len(r[0]) for r in rows)
-    print(f"\nannserve bench-http: {n} x {dim}, {kind}, {dataset.metric}; data: {source}")
+    print(f"\nannserve bench-http: {n} x {dim}, {kind}, {dataset.metric}, {workers} worker(s); data: {source}")
     load_after = f"{os.getloadavg()[0]:.1f}"
     print(f"machine: {os.cpu_count()} CPUs, load average {load_before} before, {load_after} after")
     print(f"{'measure'.ljust(width)}  {'value':>22}  target")

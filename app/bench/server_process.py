@@ -32,9 +32,13 @@ class ServeProcess:
     are appended to `log_path`, so a restart keeps the earlier runs' lines. `env` is added to
     this process's environment. Call `stop()` when done: it always reaps the process."""
 
-    def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, log_path: Path, env: dict[str, str] | None = None, workers: int = 1
+    ) -> None:
+        """`workers`: `annserve serve --workers` (1 unless asked: one process, as tests expect)."""
         self.data_dir, self.log_path = Path(data_dir), Path(log_path)
         self.env = dict(env or {})
+        self.workers = workers
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
@@ -47,7 +51,7 @@ class ServeProcess:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         command = own_command()
-        command += ["serve", "--port", str(port), "--data-dir", str(self.data_dir)]
+        command += ["serve", "--port", str(port), "--data-dir", str(self.data_dir), "--workers", str(self.workers)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
@@ -93,13 +97,33 @@ class ServeProcess:
                 self.proc.kill()
         self.proc.wait(10)
 
-    def cpu_seconds(self) -> float:
-        """CPU time (user + system) used so far by the server process, all its threads (Linux /proc)."""
+    def pids(self) -> list[int]:
+        """The server's processes: the one started and, with workers, its descendants."""
         if self.proc is None:
             raise RuntimeError("the server was never started")
-        # The command name in field 2 may hold spaces or ')': split after its closing ')'.
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        found, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            for children in Path(f"/proc/{pid}/task").glob("*/children"):
+                try:
+                    todo += [int(c) for c in children.read_text().split()]
+                except OSError:
+                    pass  # the thread ended meanwhile
+        return found
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server's live processes, all their
+        threads (Linux /proc): with workers, the supervisor and every worker."""
+        total = 0.0
+        for pid in self.pids():
+            try:
+                # The command name in field 2 may hold spaces or ')': split after its closing ')'.
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # it exited meanwhile
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last `lines` lines of the server's log ('' before anything was written)."""

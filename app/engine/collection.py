@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,7 +46,7 @@ from .merge import Candidates, Hits, merge_hits, over_threshold
 from .payload_limits import check_payload_limits
 from .recall import RecallMonitor, RecallSampler, check_policy
 from .routing import positions_by_shard, shard_of
-from .shard import SearchParams, Shard, install_together
+from .shard import SearchParams, Shard, install_together, swap_together
 from .stats import CollectionStats, RebuildRefused
 from .threads import as_search_thread
 
@@ -110,13 +110,18 @@ class Collection:
     def __init__(
         self, path: Path, spec: CollectionSpec, settings: Settings, executor: Executor,
         on_needs_rebuild: Callable[[str], None], sampler: RecallSampler | None = None,
+        processes_lock: Callable[[], AbstractContextManager] | None = None,
     ) -> None:
+        """`processes_lock`: with several processes on the data directory (`shared` shards),
+        a lock across them that a main install holds (coordination.Coordination.catalog_lock)."""
         self.path, self.spec, self.settings = path, spec, settings
         self.name, self.dim, self.metric, self.shards = spec.name, spec.dim, spec.metric, spec.shards
         self._executor = executor
         self._shard_seconds: dict[str, float] = {}  # moving average of one shard's search time per query
         self._on_needs_rebuild = on_needs_rebuild
-        self._shards = [Shard(path / f"shard-{i}", spec.dim, spec.metric) for i in range(spec.shards)]
+        self._processes_lock = processes_lock
+        shared = processes_lock is not None
+        self._shards = [Shard(path / f"shard-{i}", spec.dim, spec.metric, shared) for i in range(spec.shards)]
         # Validates search params while no main is built (the kind `auto` starts as).
         self._spec_index = create_index(EMPTY_KIND if spec.kind == AUTO else spec.kind, spec.dim, spec.metric)
         self._rebuild_lock = threading.Lock()  # held for a whole rebuild; close() waits on it
@@ -424,8 +429,9 @@ class Collection:
                             f"stay searchable, exactly, in fresh)"
                         ) from exc
                 recall = self._gate(kind, news, queries)
-                with self._files_lock:
+                with self._files_lock, (self._processes_lock or nullcontext)():
                     check_stop(self._stop)
+                    self._check_still_on_disk()
                     install_together(self._shards, news)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -446,6 +452,48 @@ class Collection:
                 recall, floor,
             )
         return recall
+
+    # ---- several processes on one data directory ----
+
+    def _check_still_on_disk(self) -> None:
+        """Cancelled when another process deleted this collection (and perhaps created one of
+        the same name) since this one was opened: its files are not ours to install into."""
+        if self._processes_lock is None:
+            return
+        try:
+            same = CollectionSpec.load(self.path).created_at == self.spec.created_at
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            self._stop.set()
+            check_stop(self._stop)
+
+    @property
+    def main_outdated(self) -> bool:
+        """Whether another process installed newer mains than those serving here (they are
+        being loaded: a rebuild triggered by what this process sees would be one too many)."""
+        return self._processes_lock is not None and any(s.newer_main_installed for s in self._shards)
+
+    def follow_store(self) -> bool:
+        """Catch every shard up with the store, and load and swap in the mains another process
+        installed once every shard has its new one (so no search sees two kinds of main).
+        Runs off the request path (the manager's follower thread); True if mains changed."""
+        for shard in self._shards:
+            shard.catch_up()
+        if not all(s.newer_main_installed for s in self._shards):
+            return False
+        news = [shard.load_installed_main() for shard in self._shards]
+        if any(new is None for new in news):
+            return False  # replaced by an even newer install meanwhile: the next look loads it
+        kinds = {new.kind for new in news if new.index is not None}
+        if len(kinds) > 1:
+            return False  # caught between two installs: the next look sees one
+        with self._files_lock:
+            if any(new.max_label <= s.main_max for s, new in zip(self._shards, news)):
+                return False
+            swap_together(self._shards, news)
+        log.info("collection %r: loaded the main indexes another worker built (%s)", self.name, kinds or "empty")
+        return True
 
     # ---- snapshots ----
 

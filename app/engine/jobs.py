@@ -3,6 +3,11 @@ and remembers their state for `GET /jobs/{id}`.
 
 One worker, not one per collection: a rebuild already uses every core (FAISS and hnswlib add in
 parallel), so running two at once would only make both slower and double the peak memory.
+
+With several processes on one data directory (`annserve serve --workers N`), a `JobBoard`
+(job_board.py) holds every job's state for all of them: a job still runs where it was
+accepted, but another process's job answers `get`, and counts for `active` and the one-per-
+collection rule.
 """
 
 from __future__ import annotations
@@ -11,13 +16,17 @@ import logging
 import os
 import queue
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import Conflict, NotFound
+
+if TYPE_CHECKING:
+    from .job_board import JobBoard
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +36,7 @@ log = logging.getLogger(__name__)
 JOB_NICENESS = 10
 KEEP_FINISHED = 1000  # finished jobs remembered for GET /jobs/{id}; older ones are forgotten
 ACTIVE = ("queued", "running")
+PROGRESS_EVERY_SECONDS = 0.5  # how often a shared job's progress is written to its board
 
 # A job's work: called with a progress callback taking 0..1; raises to fail the job. A rebuild
 # returns the recall it measured (or raises with a `recall` attribute when it refused its swap).
@@ -49,9 +59,23 @@ class Job:
         self.recall: float | None = None  # a rebuild's recall@10 of the new main, as measured
         self.created_at = datetime.now(timezone.utc)
         self.finished_at: datetime | None = None
+        self.board: JobBoard | None = None  # where its state is shared (several processes)
+        self._saved_at = 0.0
 
     def report(self, progress: float) -> None:
         self.progress = min(max(float(progress), 0.0), 1.0)
+        if self.board is not None and time.monotonic() - self._saved_at >= PROGRESS_EVERY_SECONDS:
+            self.save()
+
+    def save(self) -> None:
+        """Share the state (no-op without a board); a failure to write it never fails the job."""
+        if self.board is None:
+            return
+        self._saved_at = time.monotonic()
+        try:
+            self.board.save(self)
+        except Exception as exc:  # noqa: BLE001 - the job's work matters more than its record
+            log.warning("could not record the state of job %s: %s", self.id, exc)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,7 +93,8 @@ class Job:
 class JobRegistry:
     """Queue of jobs run in order by one worker thread; at most one active job per collection."""
 
-    def __init__(self) -> None:
+    def __init__(self, board: JobBoard | None = None) -> None:
+        self._board = board
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._active: dict[str, Job] = {}  # collection -> its queued or running job
         self._lock = threading.Lock()
@@ -90,6 +115,9 @@ class JobRegistry:
                     f"(job {current.id}, progress {current.progress:.0%})"
                 )
             job = Job(collection)
+            if self._board is not None:
+                self._board.claim(job)  # Conflict while another process runs one for it
+                job.board = self._board
             self._jobs[job.id] = job
             self._active[collection] = job
             while len(self._jobs) > KEEP_FINISHED + len(self._active):
@@ -101,6 +129,8 @@ class JobRegistry:
     def get(self, job_id: str) -> Job:
         with self._lock:
             job = self._jobs.get(job_id)
+        if job is None and self._board is not None:
+            job = self._board.get(job_id)  # another process's
         if job is None:
             raise NotFound(f"job {job_id!r} not found")
         return job
@@ -108,7 +138,10 @@ class JobRegistry:
     def active(self, collection: str) -> Job | None:
         """The queued or running job of `collection`, if any."""
         with self._lock:
-            return self._active.get(collection)
+            mine = self._active.get(collection)
+        if mine is None and self._board is not None:
+            return self._board.active(collection)
+        return mine
 
     def _run(self) -> None:
         _lower_priority_of_this_thread(JOB_NICENESS)
@@ -121,6 +154,7 @@ class JobRegistry:
                 self._finish(job, "failed", "the service shut down before the job ran")
                 continue
             job.state = "running"
+            job.save()
             try:
                 outcome = work(job.report)
             except Exception as exc:  # a failed job is reported, never fatal to the service
@@ -135,6 +169,7 @@ class JobRegistry:
     def _finish(self, job: Job, state: str, error: str | None) -> None:
         with self._lock:
             job.error, job.finished_at, job.state = error, datetime.now(timezone.utc), state
+            job.save()
             if self._active.get(job.collection) is job:
                 del self._active[job.collection]
 
@@ -147,6 +182,8 @@ class JobRegistry:
             self._closed = True
         self._queue.put(None)
         self._worker.join(timeout)
+        if self._board is not None:
+            self._board.close()
 
 
 def _lower_priority_of_this_thread(niceness: int) -> None:

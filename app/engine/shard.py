@@ -11,6 +11,16 @@ tombstones = len(main) - (live - len(fresh)).
 
 A write reaches memory only after its transaction committed: a failed commit leaves main,
 fresh and the labels as they were, so nothing that is not durable is ever served.
+
+Several processes on one store (`shared=True`, `annserve serve --workers N`): the store gives
+the labels inside each write transaction, and memory follows the store's history (store.py:
+labels above `_applied.items` are new, deaths above `_applied.deaths` dead). A process applies
+its own commit straight from memory when nothing else committed in between (always, with one
+process); otherwise, and before every search (`catch_up`, about 2 us when nothing changed:
+`Watch`), it reads what it has not applied from the store. A new main installed by another
+process is announced in the store (`installed_main`) and loaded off the search path
+(`Collection.load_installed_mains`); until then the old main and fresh serve everything, and
+items that arrive at or below main's max label go to the label map only (main holds them).
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from .labels import LabelMap, LabelView
 from .merge import Candidates, brute_force
 from .payload_index import PayloadIndex, ShardLookup
 from .rwlock import ReadWriteLock
-from .store import ShardStore
+from .store import Commit, ShardStore, Version
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +115,7 @@ def overfetch(k: int, main_len: int, tombstones: int) -> int:
 class Shard:
     """One shard of a collection, in directory `path` (store.sqlite, main-<label>.idx)."""
 
-    def __init__(self, path: Path, dim: int, metric: str) -> None:
+    def __init__(self, path: Path, dim: int, metric: str, shared: bool = False) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.dim, self.metric = dim, metric
@@ -123,7 +133,14 @@ class Shard:
         self.labels = LabelMap()
         self.payloads = PayloadIndex()  # filters: which labels hold which payload values
         self.index_lost = False  # an index file existed but could not be loaded (or was dropped)
+        # How far memory follows the store's history; advanced under _catchup_lock, which
+        # orders every change of memory coming from a commit (this process's or another's).
+        self._applied = Version()
+        self._catchup_lock = threading.Lock()
+        self.installed_main = 0  # the main the store says is installed (may be newer than ours)
+        self._unreadable_main = 0  # the newest installed main that could not be loaded here
         self._load()
+        self._watch = self.store.watch() if shared else None
 
     # ---- start-up ----
 
@@ -145,8 +162,10 @@ class Shard:
             except Exception as exc:  # a derived file: whatever is wrong with it, rebuild it
                 log.warning("ignoring unreadable index file %s (%s); serving from the store", newest, exc)
                 self.index_lost = True
+                self._unreadable_main = int(MAIN_FILE.match(newest.name).group(1))
         with self.store.snapshot() as snap:
-            self._next_label = max(snap.max_label, self.main_max) + 1
+            self._applied = snap.version
+            self.installed_main = snap.installed_main()
             for labels, ids, _ in snap.chunks(rows=SNAPSHOT_CHUNK, vectors=False):
                 self.labels.append(labels, ids)
             for labels, texts in snap.payload_chunks(rows=SNAPSHOT_CHUNK):
@@ -172,6 +191,7 @@ class Shard:
     # ---- counts ----
 
     def counts(self) -> Counts:
+        self.catch_up()
         with self._state.read():
             live, fresh = self.labels.live, len(self.fresh)
             main_size = len(self.main) if self.main is not None else 0
@@ -199,28 +219,88 @@ class Shard:
             ids = list(last)
             vectors = np.stack([group[w].vectors[pos] for w, pos in last.values()])
             payloads = [group[w].payloads[pos] for w, pos in last.values()]
-        n = len(ids)
-        labels = np.arange(self._next_label, self._next_label + n, dtype=np.int64)
-        replaced = self.store.upsert(labels, ids, vectors, payloads)  # raises: nothing applied
-        self._next_label += n
-        # Built before the state lock: searches wait only for the appends.
-        entries = self.payloads.entries(labels, [orjson.loads(t) if t is not None else None for t in payloads])
-        with self._state.write():
-            self._forget(replaced)
-            self.fresh.add(vectors, labels)
-            self.labels.append(labels, ids)
-            self.payloads.add(entries)
-        # Sorting a grown column again builds new arrays: no lock needed beyond the write lock.
-        self.payloads.seal(self.labels.view().is_live)
+        # Labels above main's too: a main restored or built elsewhere never shares one.
+        commit = self.store.write_items(ids, vectors, payloads, above=self.main_max)  # raises: nothing applied
+        self._apply(commit, ids, vectors, payloads)
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete these (distinct) ids; returns how many existed."""
         with self._write_lock:
-            dead = self.store.delete(ids)
-            if len(dead):
+            commit = self.store.delete_items(ids)
+            if len(commit.dead):
+                self._apply(commit, (), None)
+        return len(commit.dead)
+
+    def _apply(
+        self, commit: Commit, ids: Sequence[str], vectors: np.ndarray | None,
+        payloads: Sequence[str | None] = (),
+    ) -> None:
+        """Bring this process's own `commit` into memory: from the caller's arrays when memory
+        stood exactly where the commit started, from the store when another process committed
+        in between (or nothing, when a catch-up already brought it). The payload index changes
+        under `_catchup_lock` only, whichever process wrote."""
+        with self._catchup_lock:
+            if self._applied.items >= commit.after.items and self._applied.deaths >= commit.after.deaths:
+                return
+            if self._applied != commit.before:
+                self._catch_up_locked()
+                return
+            entries = None
+            if len(payloads) and len(commit.labels):  # built before the state lock: searches wait only for the appends
+                entries = self.payloads.entries(
+                    commit.labels, [orjson.loads(t) if t is not None else None for t in payloads]
+                )
+            with self._state.write():
+                self._forget(commit.dead)
+                if vectors is not None and len(commit.labels):
+                    self.fresh.add(vectors, commit.labels)
+                    self.labels.append(commit.labels, ids)
+                if entries is not None:
+                    self.payloads.add(entries)
+                self._applied = commit.after
+            # Sorting a grown column again builds new arrays: readers keep the old ones meanwhile.
+            self.payloads.seal(self.labels.view().is_live)
+
+    # ---- following the store (several processes) ----
+
+    def catch_up(self) -> None:
+        """Apply what other processes committed to the store since memory last followed it;
+        a no-op for a shard that is not shared. Before a search: once it returns, every write
+        acknowledged before the call is in memory."""
+        if self._watch is None:
+            return
+        with self._catchup_lock:
+            self.store._check_open()  # a closed (deleted) store: NotFound, as for a read
+            if self._watch.changed():
+                self._catch_up_locked()
+
+    def _catch_up_locked(self) -> None:
+        """Read everything past `_applied` from one store snapshot and apply it, chunk by chunk
+        (searches wait only for each chunk's short apply). Caller holds _catchup_lock."""
+        with self.store.snapshot() as snap:
+            version = snap.version
+            self.installed_main = snap.installed_main()
+            if version == self._applied:
+                return
+            for labels, ids, vectors in snap.chunks(after=self._applied.items, rows=SNAPSHOT_CHUNK):
                 with self._state.write():
-                    self._forget(dead)
-        return len(dead)
+                    # Checked under the state lock: a main swapped in meanwhile holds the
+                    # labels at or below its max label, so they must not go into fresh.
+                    into_fresh = labels > self.main_max
+                    if into_fresh.all():
+                        self.fresh.add(vectors, labels)
+                    elif into_fresh.any():
+                        self.fresh.add(vectors[into_fresh], labels[into_fresh])
+                    self.labels.append(labels, ids)
+                for payload_labels, texts in snap.payload_chunks(
+                    rows=SNAPSHOT_CHUNK, after=int(labels[0]) - 1, upto=int(labels[-1])
+                ):
+                    self.payloads.add(self.payloads.entries(payload_labels, [orjson.loads(t) for t in texts]))
+            dead, _ = snap.deaths(after=self._applied.deaths)
+            with self._state.write():
+                self._forget(dead)
+                self._applied = version
+            self.payloads.seal(self.labels.view().is_live)
 
     def _forget(self, dead: np.ndarray) -> None:
         """Drop (m,) labels that are no longer live (caller holds the state write lock): out of
@@ -243,6 +323,7 @@ class Shard:
         them needs no bookkeeping) with this shard's label -> id map; [] when it is empty.
         With a filter `where`, only the live labels it admits are searched: they go to main
         and to fresh as the library's `allowed` (so no tombstone can come back)."""
+        self.catch_up()  # several processes: every write acknowledged anywhere is in memory now
         id_labels = self._id_labels(where)
         with self._state.read():
             # main, fresh and the labels are read as one consistent set: a swap cannot fall between.
@@ -382,12 +463,52 @@ class Shard:
             if old.name.startswith("main-") and old not in keep:
                 old.unlink(missing_ok=True)
 
+    @property
+    def newer_main_installed(self) -> bool:
+        """Whether the store names an installed main newer than this one (and readable)."""
+        return self.installed_main > max(self.main_max, self._unreadable_main)
+
+    def load_installed_main(self) -> NewMain | None:
+        """The main index file the store says is installed, loaded (off the search path), when
+        it is newer than the one serving; None when there is none newer (or it cannot be read
+        yet: an even newer one replaced it, and the next look finds that one)."""
+        wanted = self.installed_main
+        if not self.newer_main_installed:
+            return None
+        files = sorted(p for p in self.path.iterdir() if MAIN_FILE.match(p.name))
+        newest = files[-1] if files else None
+        if newest is None or int(MAIN_FILE.match(newest.name).group(1)) < wanted:
+            return NewMain(None, wanted, None)  # the rebuild found no live item: no file
+        try:
+            index = load_index(newest)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # noqa: BLE001 - a derived file: the next rebuild replaces it
+            log.warning("shard %s: cannot load the installed index file %s (%s)", self.path, newest, exc)
+            self._unreadable_main = wanted
+            return None
+        built_at, recall = read_build_notes(newest)
+        return NewMain(index, int(MAIN_FILE.match(newest.name).group(1)), None, recall, built_at)
+
     def close(self) -> None:
         """Close the store: reads and writes from now on raise NotFound (the collection is
         gone); reads in progress are interrupted and waited for, as is a write in progress (or
         a `Collection.writes_paused` block: the write lock)."""
         with self._write_lock:
             self.store.close()
+        with self._catchup_lock:
+            if self._watch is not None:
+                self._watch.close()
+
+
+def swap_together(shards: Sequence[Shard], news: Sequence[NewMain | None]) -> None:
+    """Swap in new mains (None: keep that shard's) under every shard's state lock at once."""
+    with ExitStack() as stack:
+        for shard in shards:  # always in shard order, and a search holds one at a time: no deadlock
+            stack.enter_context(shard._state.write())
+        for shard, new in zip(shards, news):
+            if new is not None:
+                shard._swap(new)
 
 
 def _admitted_rows(
@@ -408,10 +529,13 @@ def install_together(shards: Sequence[Shard], news: Sequence[NewMain]) -> None:
     search ever sees two kinds of main in one collection. The caller holds the collection's
     file lock (a delete renames the directory under it)."""
     finals = [new.move_into(shard.path) for shard, new in zip(shards, news)]
-    with ExitStack() as stack:
-        for shard in shards:  # always in shard order, and a search holds one at a time: no deadlock
-            stack.enter_context(shard._state.write())
-        for shard, new in zip(shards, news):
-            shard._swap(new)
+    swap_together(shards, news)
+    for shard, new in zip(shards, news):
+        # Announced in the store: processes serving the same files load the new main from it.
+        try:
+            shard.store.set_installed_main(new.max_label)
+            shard.installed_main = max(shard.installed_main, new.max_label)
+        except Exception as exc:  # noqa: BLE001 - served here already; the others load it at start
+            log.warning("shard %s: could not record its new main in the store: %s", shard.path, exc)
     for shard, final in zip(shards, finals):
         shard._remove_stale_files(final)

@@ -8,6 +8,12 @@ Table `items(label, id, vector, payload)`:
 - `id` is UNIQUE: its index answers id -> label for the write path (the shard keeps only
   label -> id in memory).
 - `vector` is the float32 little-endian bytes of one row; `payload` is JSON text or NULL.
+Table `deaths(seq, label)`: every label that stopped being live (deleted, or its id replaced),
+in commit order; `seq` only grows (AUTOINCREMENT). Table `meta(key, value)`: `main_max`, the
+max label of the main index file installed last. With these, another process serving the same
+file (`annserve serve --workers N`) catches its memory up from the store alone: new items are
+the labels above the last one it applied, dead ones the deaths above the last seq it applied,
+and a new main is the file named by `main_max` (see `Changes`, `Watch`, and shard.py).
 
 Threads: one writer connection behind a lock (SQLite has one writer anyway) and a pool of reader
 connections; WAL lets readers run while a write commits, and a read transaction sees one
@@ -26,6 +32,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +48,47 @@ CREATE TABLE IF NOT EXISTS items (
     vector  BLOB NOT NULL,
     payload TEXT
 );
+CREATE TABLE IF NOT EXISTS deaths (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    label   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key     TEXT PRIMARY KEY,
+    value   INTEGER NOT NULL
+);
 """
+# Where the store stands: the largest label and the largest death seq ever committed.
+VERSION = "SELECT name, seq FROM sqlite_sequence WHERE name IN ('items', 'deaths')"
 LITTLE_F32 = np.dtype("<f4")
 # Many ids go into one statement as a JSON array (`json_each`): no limit on the number of SQL
 # variables, and SQLite probes the UNIQUE index on id (or the primary key) once per element.
 LABELS_OF_IDS = "SELECT id, label FROM items WHERE id IN (SELECT value FROM json_each(?))"
 IDS_OF_LABELS = "SELECT label, id FROM items WHERE label IN (SELECT value FROM json_each(?))"
+
+
+@dataclass(frozen=True)
+class Version:
+    """How far a store's history goes: the largest label and death seq ever committed (labels
+    and seqs only grow, so two versions compare field by field)."""
+
+    items: int = 0
+    deaths: int = 0
+
+
+def _version(conn: sqlite3.Connection) -> Version:
+    seqs = dict(conn.execute(VERSION).fetchall())
+    return Version(int(seqs.get("items", 0)), int(seqs.get("deaths", 0)))
+
+
+@dataclass(frozen=True)
+class Commit:
+    """What one write transaction did: the labels it gave (ascending; none for a delete), the
+    labels that died in it, and the store's version just before and just after it."""
+
+    labels: np.ndarray
+    dead: np.ndarray
+    before: Version
+    after: Version
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -104,22 +146,43 @@ class Snapshot:
             yield labels, ids, vecs
             last = int(labels[-1])
 
-    def payload_chunks(self, rows: int = 50_000) -> Iterator[tuple[np.ndarray, list[str]]]:
-        """Labels (m,) int64 and payload JSON texts of the live items that have a payload, in
-        label order, `rows` at a time (the payload index is built from them at start-up)."""
+    def payload_chunks(
+        self, rows: int = 50_000, after: int = 0, upto: int | None = None
+    ) -> Iterator[tuple[np.ndarray, list[str]]]:
+        """Labels (m,) int64 and payload JSON texts of the live items with label in (after,
+        upto] (upto: max_label) that have a payload, in label order, `rows` at a time (the
+        payload index is built from them at start-up, and follows other processes' writes)."""
         sql = (
             "SELECT label, payload FROM items WHERE label > ? AND label <= ? AND payload IS NOT NULL "
             "ORDER BY label LIMIT ?"
         )
-        last = 0
+        last, upto = after, self.max_label if upto is None else upto
         while True:
             self._store._check_open()
-            batch = self._conn.execute(sql, (last, self.max_label, rows)).fetchall()
+            batch = self._conn.execute(sql, (last, upto, rows)).fetchall()
             if not batch:
                 return
             labels = np.fromiter((r[0] for r in batch), dtype=np.int64, count=len(batch))
             yield labels, [r[1] for r in batch]
             last = int(labels[-1])
+
+    @property
+    def version(self) -> Version:
+        """The store's version in this view."""
+        return _version(self._conn)
+
+    def deaths(self, after: int) -> tuple[np.ndarray, int]:
+        """Labels (int64) that died after death seq `after`, in order, and the last seq read."""
+        rows = self._conn.execute(
+            "SELECT seq, label FROM deaths WHERE seq > ? ORDER BY seq", (after,)
+        ).fetchall()
+        labels = np.fromiter((label for _, label in rows), dtype=np.int64, count=len(rows))
+        return labels, (int(rows[-1][0]) if rows else after)
+
+    def installed_main(self) -> int:
+        """The max label of the main index file installed last (0: none yet)."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'main_max'").fetchone()
+        return int(row[0]) if row else 0
 
     def ids_of(self, labels: np.ndarray) -> dict[int, str]:
         """label -> id for those of (m,) `labels` that are live in the view."""
@@ -144,29 +207,68 @@ class ShardStore:
     # ---- writes: one transaction each, durable when they return ----
 
     def upsert(
-        self, labels: np.ndarray, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[str | None]
+        self, labels: np.ndarray | None, ids: Sequence[str], vectors: np.ndarray,
+        payloads: Sequence[str | None],
     ) -> np.ndarray:
-        """Write n items in one transaction: labels (n,) int64 (new, increasing), ids (n,)
-        distinct, vectors (n, dim) float32, payloads (n,) JSON text or None. An existing id's
-        row is replaced (its old label disappears with it). Returns the replaced labels (int64)."""
+        """Write n items in one transaction: labels (n,) int64 (new, increasing; None: the
+        store gives the next ones), ids (n,) distinct, vectors (n, dim) float32, payloads (n,)
+        JSON text or None. An existing id's row is replaced (its old label disappears with it).
+        Returns the replaced labels (int64)."""
+        return self.write_items(ids, vectors, payloads, labels).dead
+
+    def write_items(
+        self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[str | None],
+        labels: np.ndarray | None = None, above: int = 0,
+    ) -> Commit:
+        """`upsert`, answering the whole `Commit`. Without `labels`, the items take the next
+        labels after the largest ever committed (and after `above`), read inside the
+        transaction: another process writing the same file cannot take the same ones."""
         blob = np.ascontiguousarray(vectors, dtype=LITTLE_F32)
-        rows = ((int(labels[i]), ids[i], blob[i].tobytes(), payloads[i]) for i in range(len(ids)))
-        with self._transaction(f"committing {len(ids)} items") as conn:
+        n = len(ids)
+        with self._transaction(f"committing {n} items") as conn:
+            before = _version(conn)
+            if labels is None:
+                first = max(before.items, above) + 1
+                labels = np.arange(first, first + n, dtype=np.int64)
+            rows = ((int(labels[i]), ids[i], blob[i].tobytes(), payloads[i]) for i in range(n))
             old = conn.execute(LABELS_OF_IDS, (orjson.dumps(list(ids)).decode(),)).fetchall()
             conn.executemany(
                 "INSERT OR REPLACE INTO items (label, id, vector, payload) VALUES (?, ?, ?, ?)", rows
             )
-        return np.fromiter((label for _, label in old), dtype=np.int64, count=len(old))
+            dead = np.fromiter((label for _, label in old), dtype=np.int64, count=len(old))
+            self._log_deaths(conn, dead)
+        after = Version(max(before.items, int(labels[-1])) if n else before.items, before.deaths + len(dead))
+        return Commit(labels, dead, before, after)
 
     def delete(self, ids: Sequence[str]) -> np.ndarray:
         """Delete these ids in one transaction; returns the labels (int64) of those that
         existed. A transaction that deletes nothing writes nothing (no WAL frame, no fsync)."""
+        return self.delete_items(ids).dead
+
+    def delete_items(self, ids: Sequence[str]) -> Commit:
+        """`delete`, answering the whole `Commit`."""
         with self._transaction(f"deleting {len(ids)} items") as conn:
+            before = _version(conn)
             deleted = conn.execute(
                 "DELETE FROM items WHERE id IN (SELECT value FROM json_each(?)) RETURNING label",
                 (orjson.dumps(list(ids)).decode(),),
             ).fetchall()
-        return np.fromiter((label for (label,) in deleted), dtype=np.int64, count=len(deleted))
+            dead = np.fromiter((label for (label,) in deleted), dtype=np.int64, count=len(deleted))
+            self._log_deaths(conn, dead)
+        none = np.empty(0, dtype=np.int64)
+        return Commit(none, dead, before, Version(before.items, before.deaths + len(dead)))
+
+    @staticmethod
+    def _log_deaths(conn: sqlite3.Connection, dead: np.ndarray) -> None:
+        # One row per death, in the same transaction as the change: what another process
+        # serving this file needs to drop them from its memory (Snapshot.deaths).
+        if len(dead):
+            conn.executemany("INSERT INTO deaths (label) VALUES (?)", ((int(label),) for label in dead))
+
+    def set_installed_main(self, max_label: int) -> None:
+        """Record that the main index file of `max_label` is installed (durably, like a write)."""
+        with self._transaction("recording the installed main index") as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('main_max', ?)", (int(max_label),))
 
     def _connection(self) -> sqlite3.Connection:
         """The writer connection (the caller holds the write lock), opened again if a failed
@@ -293,6 +395,11 @@ class ShardStore:
                     self._idle.append(conn)
                 self._readers_cond.notify_all()
 
+    def watch(self) -> Watch:
+        """A change detector for this file (see `Watch`)."""
+        self._check_open()
+        return Watch(_connect(self.path))
+
     def _check_open(self) -> None:
         # A store closes only when its collection is deleted (or the service stops): a request
         # that raced the delete gets the 404 it would have got a moment later.
@@ -323,3 +430,22 @@ class ShardStore:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+
+
+class Watch:
+    """Tells cheaply (about 2 us) whether any other connection, in this process or another,
+    committed to the store since the last look: SQLite's `PRAGMA data_version` on a connection
+    of its own. Not thread-safe: its owner calls it under a lock."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._seen: int | None = None
+
+    def changed(self) -> bool:
+        """True at the first call and whenever a commit happened since the previous call."""
+        now = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        changed, self._seen = now != self._seen, now
+        return changed
+
+    def close(self) -> None:
+        self._conn.close()

@@ -9,6 +9,7 @@ and one histogram observation; the item counts are read from the engine at scrap
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics, generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .engine_metrics import EngineMetrics
@@ -35,7 +37,13 @@ class ServiceMetrics:
         """`collections()` gives the live collections (empty while the service is starting)."""
         disable_created_metrics()  # `_created` series double the output and nobody graphs them
         self.registry = CollectorRegistry()
-        ProcessCollector(registry=self.registry)
+        # Several workers (app/serve.py): prometheus-client's multiprocess mode keeps each
+        # worker's counters and histograms in files there, and a scrape of any worker sums
+        # them all (a dead worker's counts included: counters never go back). Process metrics
+        # are one process's, so they are left out there.
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not self.multiprocess_dir:
+            ProcessCollector(registry=self.registry)
         self.requests = Counter(
             "annserve_requests_total",
             "HTTP requests answered, by route template, method and status",
@@ -61,6 +69,10 @@ class ServiceMetrics:
 
     def exposition(self) -> bytes:
         """The whole /metrics text: this registry's families, then the engine's."""
+        if self.multiprocess_dir:
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged, path=self.multiprocess_dir)
+            return generate_latest(merged) + self.engine.render()
         return generate_latest(self.registry) + self.engine.render()
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -88,9 +100,12 @@ class ServiceMetrics:
 class MetricsMiddleware:
     """Counts and times every HTTP request by the template of the route that answered it."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, worker_header: bool = False) -> None:
+        """`worker_header`: answers say which worker process served them (`x-annserve-worker`:
+        its pid), with several workers on one port."""
         self.app = app
         self.metrics = metrics
+        self._worker = (b"x-annserve-worker", str(os.getpid()).encode()) if worker_header else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,11 +113,14 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500  # what the client gets if the app dies before answering
+        worker = self._worker
 
         async def send_with_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if worker is not None:
+                    message = {**message, "headers": [*message.get("headers", ()), worker]}
             await send(message)
 
         try:

@@ -1,0 +1,170 @@
+"""`annserve serve --workers 2`: real processes on one loopback port over one data directory.
+
+Every check is made on each worker explicitly: a request goes out on new connections until
+every worker (the `x-annserve-worker` header, its pid) has answered it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from annserve.bench.server_process import ServeProcess
+from conftest import wait_job
+
+WORKERS = 2
+
+
+@pytest.fixture()
+def server(tmp_path):
+    # The fresh limit is high: the test decides when a rebuild runs.
+    proc = ServeProcess(tmp_path / "data", tmp_path / "server.log", {"ANNSERVE_FRESH_LIMIT": "100000"}, WORKERS)
+    client = proc.start()
+    try:
+        yield proc
+    finally:
+        client.close()
+        proc.stop()
+
+
+def on_each_worker(url: str, method: str, path: str, tries: int = 400, **kwargs) -> dict[str, httpx.Response]:
+    """The answer of every worker to one request: pid -> response."""
+    answers: dict[str, httpx.Response] = {}
+    for _ in range(tries):
+        with httpx.Client(base_url=url, timeout=30) as c:  # a new connection: any worker may take it
+            r = c.request(method, path, **kwargs)
+        answers.setdefault(r.headers["x-annserve-worker"], r)
+        if len(answers) == WORKERS:
+            return answers
+    raise AssertionError(f"only workers {sorted(answers)} answered {method} {path} in {tries} connections")
+
+
+def upsert(url: str, ids, vectors) -> str:
+    """Upsert on a new connection; the pid of the worker that acknowledged it."""
+    items = [{"id": i, "vector": v.tolist()} for i, v in zip(ids, vectors)]
+    with httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/collections/w/vectors", json={"items": items})
+    assert r.status_code == 200, r.text
+    return r.headers["x-annserve-worker"]
+
+
+def nearest(answers: dict[str, httpx.Response]) -> set[str]:
+    """The top id each worker answered (one value when they agree)."""
+    for r in answers.values():
+        assert r.status_code == 200, r.text
+    return {r.json()["results"][0]["id"] if r.json()["results"] else None for r in answers.values()}
+
+
+def test_every_acknowledged_write_is_found_by_the_next_search_on_every_worker(server, glove):
+    url = server.url
+    r = httpx.post(f"{url}/collections", json={"name": "w", "dim": glove.dim, "metric": "cosine",
+                                               "index": {"kind": "hnswlib"}})  # fmt: skip
+    assert r.status_code == 201, r.text
+    acked_by = set()
+    for lo in range(0, 2000, 500):
+        acked_by.add(upsert(url, [f"i{i}" for i in range(lo, lo + 500)], glove.base[lo : lo + 500]))
+    # A main built by one worker, loaded by the other; then writes on top of it land in fresh.
+    job = httpx.post(f"{url}/collections/w/rebuild").json()
+    assert wait_job(httpx.Client(base_url=url), job["job_id"])["state"] == "succeeded"
+    for round_no in range(12):
+        row = 3000 + round_no
+        # insert: a new id, searched by its own vector
+        acked_by.add(upsert(url, [f"new{round_no}"], glove.base[row : row + 1]))
+        body = {"vector": glove.base[row].tolist(), "k": 1}
+        assert nearest(on_each_worker(url, "POST", "/collections/w/search", json=body)) == {f"new{round_no}"}
+        # replace: an id of main gets another vector; its old vector no longer finds it
+        old = glove.base[round_no]
+        acked_by.add(upsert(url, [f"i{round_no}"], glove.base[row + 100 : row + 101]))
+        body = {"vector": glove.base[row + 100].tolist(), "k": 1}
+        assert nearest(on_each_worker(url, "POST", "/collections/w/search", json=body)) == {f"i{round_no}"}
+        body = {"vector": old.tolist(), "k": 1}
+        assert f"i{round_no}" not in nearest(on_each_worker(url, "POST", "/collections/w/search", json=body))
+        # delete: gone from every worker's answers at once
+        with httpx.Client(base_url=url, timeout=30) as c:
+            d = c.post("/collections/w/vectors/delete", json={"ids": [f"new{round_no}"]})
+        assert d.json() == {"deleted": 1}
+        body = {"vector": glove.base[row].tolist(), "k": 1}
+        assert f"new{round_no}" not in nearest(on_each_worker(url, "POST", "/collections/w/search", json=body))
+    assert len(acked_by) == WORKERS, f"every write went to one worker ({acked_by}): the test proves nothing"
+    counts = {pid: r.json()["count"] for pid, r in on_each_worker(url, "GET", "/collections/w").items()}
+    assert set(counts.values()) == {2000}, counts
+
+
+def test_collections_and_jobs_answer_the_same_on_every_worker(server, glove):
+    url = server.url
+    with httpx.Client(base_url=url, timeout=30) as c:
+        assert c.post("/collections", json={"name": "w", "dim": glove.dim, "metric": "cosine",
+                                            "index": {"kind": "hnswlib"}}).status_code == 201  # fmt: skip
+    assert {r.status_code for r in on_each_worker(url, "GET", "/collections/w").values()} == {200}
+    upsert(url, [f"i{i}" for i in range(3000)], glove.base[:3000])
+    with httpx.Client(base_url=url, timeout=30) as c:
+        job_id = c.post("/collections/w/rebuild").json()["job_id"]
+        wait_job(c, job_id)
+    answers = on_each_worker(url, "GET", f"/jobs/{job_id}")
+    jobs = [r.json() for r in answers.values()]
+    assert all(j["state"] == "succeeded" and j["id"] == job_id for j in jobs), jobs
+    assert len({(j["state"], j["progress"], j["recall"], j["finished_at"]) for j in jobs}) == 1, jobs
+    # Every worker serves the new main (loaded by the one that did not build it).
+    deadline = time.monotonic() + 30
+    while True:
+        infos = [r.json() for r in on_each_worker(url, "GET", "/collections/w").values()]
+        if all(i["main_count"] == 3000 and i["fresh_count"] == 0 for i in infos):
+            break
+        assert time.monotonic() < deadline, infos
+        time.sleep(0.2)
+    # Deleted on one worker: gone on every worker; created again: a new, empty collection on all.
+    with httpx.Client(base_url=url, timeout=30) as c:
+        assert c.delete("/collections/w").status_code == 200
+    assert {r.status_code for r in on_each_worker(url, "GET", "/collections/w").values()} == {404}
+    with httpx.Client(base_url=url, timeout=30) as c:
+        assert c.post("/collections", json={"name": "w", "dim": 4, "metric": "l2"}).status_code == 201
+    infos = [r.json() for r in on_each_worker(url, "GET", "/collections/w").values()]
+    assert all(i["dim"] == 4 and i["count"] == 0 for i in infos), infos
+
+
+def test_metrics_sum_every_worker(server, glove):
+    url = server.url
+    with httpx.Client(base_url=url, timeout=30) as c:
+        c.post("/collections", json={"name": "w", "dim": glove.dim, "metric": "cosine"}).raise_for_status()
+    upsert(url, ["a"], glove.base[:1])
+    sent = 0
+    for _ in range(40):
+        with httpx.Client(base_url=url, timeout=30) as c:
+            c.post("/collections/w/search", json={"vector": glove.base[0].tolist(), "k": 1}).raise_for_status()
+            sent += 1
+    for r in on_each_worker(url, "GET", "/metrics").values():
+        line = next(x for x in r.text.splitlines() if x.startswith("annserve_requests_total{")
+                    and 'route="/collections/{name}/search"' in x)  # fmt: skip
+        assert float(line.rsplit(" ", 1)[1]) == sent, line
+
+
+def test_kill_9_of_a_worker_loses_nothing_and_it_is_replaced(server, glove):
+    url = server.url
+    with httpx.Client(base_url=url, timeout=30) as c:
+        c.post("/collections", json={"name": "w", "dim": glove.dim, "metric": "cosine"}).raise_for_status()
+    acked = []
+    for i in range(40):
+        upsert(url, [f"i{i}"], glove.base[i : i + 1])
+        acked.append(i)
+    before = set(on_each_worker(url, "GET", "/healthz"))
+    victim = int(sorted(before)[0])
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            now = set(on_each_worker(url, "GET", "/readyz", tries=100))
+            if str(victim) not in now and len(now) == WORKERS:
+                break
+        except (AssertionError, httpx.HTTPError, KeyError):
+            pass
+        assert time.monotonic() < deadline, "the killed worker was not replaced within 60 s"
+        time.sleep(0.2)
+    for i in acked:
+        body = {"vector": glove.base[i].tolist(), "k": 1}
+        assert nearest(on_each_worker(url, "POST", "/collections/w/search", json=body)) == {f"i{i}"}
+    assert np.isfinite(server.cpu_seconds())
