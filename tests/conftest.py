@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from annserve.bench.server_process import ServeProcess
+from annserve.engine.manager import CollectionManager
 from annserve.indexes import brute_force_knn
+from annserve.settings import Settings
 
 DATA = Path(__file__).parent / "data"
 K = 10
@@ -93,3 +95,15 @@ def serving(tmp: Path, env: dict[str, str] | None = None) -> Iterator[ServeProce
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def opened(path: Path, **settings) -> Iterator[CollectionManager]:
+    """An engine over the data directory `path` with these settings, opened, and closed on the
+    way out whatever happens (close is idempotent)."""
+    manager = CollectionManager(Settings(data_dir=path, **settings))
+    manager.open()
+    try:
+        yield manager
+    finally:
+        manager.close()

@@ -12,16 +12,14 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
+from conftest import opened
 
 from annserve.engine import build
 from annserve.engine.errors import Conflict, NotFound
-from annserve.engine.manager import CollectionManager
-from annserve.settings import Settings
 from annserve.indexes import brute_force_knn, recall_at_k
 
 K = 10
@@ -36,16 +34,6 @@ def rows_of(results) -> np.ndarray:
     """(nq, k) base row numbers of search results whose ids are g<row>."""
     return np.array([[int(item_id[1:]) for item_id, _ in hits] for hits in results])
 
-
-@contextmanager
-def opened(path: Path, **settings) -> Iterator[CollectionManager]:
-    """An open manager on `path`, closed on the way out whatever happens (close is idempotent)."""
-    manager = CollectionManager(Settings(data_dir=path, **settings))
-    manager.open()
-    try:
-        yield manager
-    finally:
-        manager.close()
 
 
 def wait(job, timeout: float = 120.0):
@@ -401,8 +389,6 @@ def test_a_corrupt_index_file_is_rebuilt_from_the_store(tmp_path, glove):
 
 WRITER = """
 import sys, numpy as np
-from annserve.engine.manager import CollectionManager
-from annserve.settings import Settings
 m = CollectionManager(Settings(data_dir=sys.argv[1]))
 m.open()
 c = m.create("crash", 50, "l2", "flat", {}, shards=2)

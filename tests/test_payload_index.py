@@ -6,19 +6,16 @@ a restart, and on collections of several shards (exact search, which needs no in
 from __future__ import annotations
 
 import random
-from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import opened
 
 from annserve.bench.synthetic_payloads import FILTERS, id_filters, payloads
 from annserve.engine import payload_index as payload_index_module
 from annserve.engine.filters import admitted, matches, parse_filter
 from annserve.engine.labels import LabelMap
-from annserve.engine.manager import CollectionManager
 from annserve.engine.payload_index import PayloadIndex, ShardLookup
-from annserve.settings import Settings
 
 
 class Model:
@@ -110,16 +107,6 @@ def test_memory_is_reported_and_bounded_by_live_entries():
 
 
 # ---- through the engine: the store, restarts, shards ----
-
-
-@contextmanager
-def opened(path: Path):
-    manager = CollectionManager(Settings(data_dir=path))
-    manager.open()
-    try:
-        yield manager
-    finally:
-        manager.close()
 
 
 def exact_ids(collection, where: dict, n: int) -> set[str]:

@@ -11,35 +11,23 @@ import sys
 import tarfile
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import wait_job
+from conftest import opened, wait_job
 from fastapi.testclient import TestClient
 from test_api import wait_ready
 
 from annserve.api.app import create_app
 from annserve.bench.server_process import ServeProcess
 from annserve.engine.errors import Conflict, NotFound
-from annserve.engine.manager import CollectionManager
 from annserve.engine.snapshots import SnapshotError, create_snapshot, restore_snapshot
 from annserve.settings import Settings
 
 ADMIN = {"X-API-Key": "snap-admin"}
 N = 3000
-
-
-@contextmanager
-def opened(path: Path):
-    manager = CollectionManager(Settings(data_dir=path))
-    manager.open()
-    try:
-        yield manager
-    finally:
-        manager.close()
 
 
 def restore_cli(*args: str) -> subprocess.CompletedProcess:

@@ -25,24 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from ..http import parse_wrk
+from ..http import WRK_SCRIPT, parse_wrk  # wrk: each connection starts at a random body, then cycles
 from .base import Peer
 from .proc import tree_cpu_seconds
 
-# wrk: each connection starts at a random body, then cycles through all of them.
-WRK_SCRIPT = """
-local bodies = {}
-local i = 0
-init = function(args)
-  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
-  math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
-  i = math.random(#bodies)
-end
-request = function()
-  i = i % #bodies + 1
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[i])
-end
-"""
 CLIENT_JOIN_SLACK = 120.0  # seconds past the run's end a client process may take to report
 
 
