@@ -169,6 +169,20 @@ def check_positive_int(name: str, value: Any, minimum: int = 1, maximum: int | N
     return int(value)
 
 
+# Filtered ANN search widens the kind's knob by 1 / selectivity ** FILTER_WIDENING (capped):
+# a filter admitting a share s of the rows leaves about s of the visited rows as candidates.
+# The square root (not 1 / s) held recall@10 >= 0.95 on the test subsets at every share that
+# does not go to the exact scan (see tests/test_filtered_search.py), at a fraction of the cost.
+FILTER_WIDENING = 0.5
+MAX_FILTERED_EF = 4096
+
+
+def widened(value: int, share: float, cap: int, power: float = FILTER_WIDENING) -> int:
+    """A search knob raised for a filter that admits `share` (0 < share <= 1) of the rows."""
+    return int(min(cap, max(value, np.ceil(value / share**power))))
+
+
+
 class Index:
     """Base class of every index kind. See the module docstring for the metric convention.
 

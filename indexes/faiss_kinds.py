@@ -28,7 +28,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .base import MAX_M, Index, as_ids, id_lookup, rows_of, serialize_bytes
+from .base import MAX_FILTERED_EF, MAX_M, Index, as_ids, id_lookup, rows_of, serialize_bytes, widened
 
 # FAISS k-means wants this many training points per centroid before it stops warning.
 MIN_POINTS_PER_CENTROID = 39
@@ -81,19 +81,6 @@ def default_nbits(n: int) -> int:
 
 
 MAX_RERANK = 1024
-
-
-# Filtered ANN search widens the kind's knob by 1 / selectivity ** FILTER_WIDENING (capped):
-# a filter admitting a share s of the rows leaves about s of the visited rows as candidates.
-# The square root (not 1 / s) held recall@10 >= 0.95 on the test subsets at every share that
-# does not go to the exact scan (see tests/test_filtered_search.py), at a fraction of the cost.
-FILTER_WIDENING = 0.5
-MAX_FILTERED_EF = 4096
-
-
-def widened(value: int, share: float, cap: int, power: float = FILTER_WIDENING) -> int:
-    """A search knob raised for a filter that admits `share` (0 < share <= 1) of the rows."""
-    return int(min(cap, max(value, np.ceil(value / share**power))))
 
 
 def id_selector(ids: np.ndarray, n: int | None = None) -> tuple[faiss.IDSelector, Any]:
