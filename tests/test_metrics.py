@@ -52,6 +52,13 @@ def busy(tmp_path, glove):
             assert client.post("/collections/h/search", json={"vector": q.tolist()}).status_code == 200
         batch = {"vectors": glove.queries[:20].tolist(), "k": 5}
         assert client.post("/collections/f/search/batch", json=batch).status_code == 200
+        # The sampler measures off the request path: wait for it before the rebuild below,
+        # which may hold the shard's store while it snapshots and measures.
+        for name, sampled in (("h", 30), ("f", 20)):
+            deadline = time.monotonic() + 30
+            while client.get(f"/collections/{name}/recall").json()["samples_total"] < sampled:
+                assert time.monotonic() < deadline, client.get(f"/collections/{name}/recall").json()
+                time.sleep(0.02)
         client.patch("/collections/h", json={"recall_target": 1.0, "recall_floor": 1.0, "search_params": {"ef": 10}})
         client.post("/collections/h/vectors", json={"items": items[:10]})
         job = client.post("/collections/h/rebuild", json={}).json()["job_id"]
