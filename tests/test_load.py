@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from annserve.bench.load import slope_per_minute
+from annserve.bench.load import WARMUP_SHARE, slope_per_minute, warmup_share
 
 pytestmark = pytest.mark.integration
 
@@ -19,6 +19,13 @@ DURATION = 60
 # up of ~10 MiB here): these bounds catch a gross leak; the 10-minute run measures the slope.
 MAX_RSS_SLOPE_MIB_PER_MIN = 60.0
 MAX_RSS_GROWTH_MIB = 200.0
+
+
+def test_warmup_lasts_at_least_until_the_rebuild_midway_has_ended():
+    assert warmup_share(60.0, None) == WARMUP_SHARE
+    assert warmup_share(60.0, (34.0, 39.0)) == pytest.approx(39.0 / 60.0)
+    assert warmup_share(600.0, (10.0, 20.0)) == WARMUP_SHARE  # an early rebuild: the share rules
+    assert warmup_share(60.0, (50.0, 59.0)) == 0.8  # a late one: some of the run is left to fit
 
 
 def test_slope_ignores_the_warmup_and_fits_a_line():
