@@ -389,6 +389,8 @@ def test_a_corrupt_index_file_is_rebuilt_from_the_store(tmp_path, glove):
 
 WRITER = """
 import sys, numpy as np
+from annserve.engine.manager import CollectionManager
+from annserve.settings import Settings
 m = CollectionManager(Settings(data_dir=sys.argv[1]))
 m.open()
 c = m.create("crash", 50, "l2", "flat", {}, shards=2)
