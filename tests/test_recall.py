@@ -163,6 +163,50 @@ def test_a_full_queue_drops_samples_and_counts_them(tmp_path, glove):
         assert metric(client, "annserve_recall_dropped_total", collection="g") == recall["dropped_total"]
 
 
+class _SlowExactMonitor:
+    """Stands for a collection's monitor whose exact re-run takes `seconds` (a large shard)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.reruns, self.recorded = seconds, 0, 0
+        self.collection = self
+
+    def search(self, queries, k, params, **_):
+        self.reruns += 1
+        time.sleep(self.seconds)
+        return [[("0", 1.0)]] * len(queries)
+
+    def record(self, queries, k, answers, truth, plain):
+        self.recorded += len(queries)
+
+    def count_dropped(self, n):
+        raise AssertionError("no sample should be dropped")
+
+
+def test_the_sampler_rests_to_keep_its_cpu_share():
+    """After a re-run of t seconds the worker rests t / CPU_SHARE: samples arriving meanwhile
+    wait and are re-run together, none is lost."""
+    from annserve.engine.recall import CPU_SHARE, RecallSampler, _Sample
+
+    monitor = _SlowExactMonitor(seconds=0.05)
+    sampler = RecallSampler(rate=1.0, queue_size=1024, window=100, recent=10)
+    try:
+        query = np.zeros((1, 4), dtype=np.float32)
+        offered, started = 0, time.monotonic()
+        while time.monotonic() - started < 2.5:
+            assert sampler.put(_Sample(monitor, query, 1, None, None, [[("0", 1.0)]]))
+            offered += 1
+            time.sleep(0.01)
+        # Re-runs of 0.05 s every 0.05 / CPU_SHARE + 0.05 s: 3 in 2.5 s (the first at once).
+        # Gathering for 0.25 s alone would have made about 8.
+        assert 1 <= monitor.reruns <= 1 + 2.5 / (0.05 / CPU_SHARE), monitor.reruns
+        deadline = time.monotonic() + 10
+        while monitor.recorded < offered:
+            assert time.monotonic() < deadline, (monitor.recorded, offered)
+            time.sleep(0.05)
+    finally:
+        sampler.close()
+
+
 def test_ties_with_the_kth_exact_score_count_as_hits():
     truth = [("a", 0.9), ("b", 0.8), ("c", 0.7)]
     assert query_recall([("a", 0.9), ("b", 0.8), ("c", 0.7)], truth) == 1.0

@@ -98,7 +98,7 @@ def read_snapshot(
     labels = np.empty(n, dtype=np.int64)
     done = 0
     try:
-        for chunk_labels, _, chunk in snap.chunks(rows=SNAPSHOT_CHUNK):
+        for chunk_labels, _, chunk in snap.chunks(rows=SNAPSHOT_CHUNK, ids=False):
             m = len(chunk_labels)
             labels[done : done + m], vectors[done : done + m] = chunk_labels, chunk
             done += m

@@ -174,7 +174,7 @@ class Shard:
             self._load_fresh(snap)
 
     def _load_fresh(self, snap: Any) -> None:
-        for labels, _, vectors in snap.chunks(after=self.main_max, rows=SNAPSHOT_CHUNK):
+        for labels, _, vectors in snap.chunks(after=self.main_max, rows=SNAPSHOT_CHUNK, ids=False):
             self.fresh.add(vectors, labels)
 
     def drop_main(self, why: str) -> None:
@@ -397,7 +397,7 @@ class Shard:
             with self._state.read():
                 allowed = admitted(where, ShardLookup(self.payloads.view(), self.labels.view(), id_labels))
         with self.store.snapshot() as snap:
-            chunks = ((labels, vectors) for labels, _, vectors in snap.chunks(rows=SNAPSHOT_CHUNK))
+            chunks = ((labels, vectors) for labels, _, vectors in snap.chunks(rows=SNAPSHOT_CHUNK, ids=False))
             if allowed is not None:
                 chunks = _admitted_rows(chunks, allowed)
             labels, scores = brute_force(queries, chunks, fetch, self.dim, self.metric)

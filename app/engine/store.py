@@ -121,14 +121,15 @@ class Snapshot:
         return int(self._conn.execute(sql, (self.max_label,)).fetchone()[0])
 
     def chunks(
-        self, after: int = 0, rows: int = 50_000, vectors: bool = True
-    ) -> Iterator[tuple[np.ndarray, list[str], np.ndarray | None]]:
+        self, after: int = 0, rows: int = 50_000, vectors: bool = True, ids: bool = True
+    ) -> Iterator[tuple[np.ndarray, list[str] | None, np.ndarray | None]]:
         """Live items with label in (after, max_label], in label order, `rows` at a time.
 
-        Yields labels (m,) int64, ids (m,) str and vectors (m, dim) float32 (None when
-        `vectors` is False, which reads far less). NotFound once the store is closing.
+        Yields labels (m,) int64, ids (m,) str (None when `ids` is False: a scan that maps only
+        its winners skips a string per row) and vectors (m, dim) float32 (None when `vectors`
+        is False, which reads far less). NotFound once the store is closing.
         """
-        columns = "label, id, vector" if vectors else "label, id"
+        columns = "label" + (", id" if ids else ", NULL") + (", vector" if vectors else "")
         sql = f"SELECT {columns} FROM items WHERE label > ? AND label <= ? ORDER BY label LIMIT ?"
         last = after
         while True:
@@ -137,13 +138,13 @@ class Snapshot:
             if not batch:
                 return
             labels = np.fromiter((r[0] for r in batch), dtype=np.int64, count=len(batch))
-            ids = [r[1] for r in batch]
+            names = [r[1] for r in batch] if ids else None
             vecs = None
             if vectors:
                 blob = b"".join(r[2] for r in batch)
                 vecs = np.frombuffer(blob, dtype=LITTLE_F32).reshape(len(batch), self._store.dim)
                 vecs = vecs.astype(np.float32, copy=False)
-            yield labels, ids, vecs
+            yield labels, names, vecs
             last = int(labels[-1])
 
     def payload_chunks(
