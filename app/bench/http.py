@@ -662,7 +662,8 @@ def bench_http(
     if chosen_peers is not None:  # the comparison (app/bench/peers): its own runs and table
         from .peers.command import run_from_cli
 
-        run_from_cli(chosen_peers, dataset, source, kind, connections, seconds, target_recall, wrk_exe, keep)
+        run_from_cli(chosen_peers, dataset, source, kind, connections, seconds, target_recall, wrk_exe, keep,
+                     workers)
         return
 
     workdir = Path(keep or tempfile.mkdtemp(prefix="annserve-bench-http-"))

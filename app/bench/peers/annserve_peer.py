@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import orjson
 
-from ..http import REQUEST_TIMEOUT, rebuild_and_wait, search_bodies
+from ..http import REQUEST_TIMEOUT, b64_floats, rebuild_and_wait, search_bodies_b64
 from ..server_process import ServeProcess
 from .base import HNSW_EF_CONSTRUCTION, HNSW_M, Peer
 
@@ -27,16 +27,18 @@ class AnnservePeer(Peer):
     name = "annserve"
     http = True
 
-    def __init__(self, kind: str = "hnswlib") -> None:
+    def __init__(self, kind: str = "hnswlib", workers: int = 1) -> None:
+        """`workers`: `annserve serve --workers` (processes serving the port)."""
         super().__init__()
         self.kind = kind
+        self.workers = workers
         self.server: ServeProcess | None = None
         self.client: httpx.Client | None = None
 
     def start(self, workdir: Path) -> None:
         # No automatic rebuild while the batches come in: the one rebuild is the time to ready.
         env = {"ANNSERVE_FRESH_LIMIT": str(10**8), "ANNSERVE_LOG_LEVEL": "warning"}
-        self.server = ServeProcess(workdir / "data", workdir / "server.log", env)
+        self.server = ServeProcess(workdir / "data", workdir / "server.log", env, workers=self.workers)
         self.client = self.server.start(request_timeout=REQUEST_TIMEOUT)
 
     def stop(self) -> None:
@@ -51,7 +53,8 @@ class AnnservePeer(Peer):
         return self.server.proc.pid
 
     def version(self) -> str:
-        return f"annserve {version('annserve')} ({self.kind})"
+        workers = f", {self.workers} workers" if self.workers > 1 else ""
+        return f"annserve {version('annserve')} ({self.kind}{workers})"
 
     def durability(self) -> str:
         return "yes (SQLite WAL, synchronous=FULL, committed before the answer)"
@@ -93,15 +96,15 @@ class AnnservePeer(Peer):
         return found
 
     def http_search(self, queries: np.ndarray, k: int) -> tuple[str, list[bytes]]:
-        return f"{self.server.url}/collections/{COLLECTION}/search", search_bodies(queries, k, self._params())
+        # Queries as float32 bytes in base64 (`vector_b64`), as the Redis client sends its blob.
+        return f"{self.server.url}/collections/{COLLECTION}/search", search_bodies_b64(queries, k, self._params())
 
     def connect(self) -> Any:
         url = urlsplit(self.server.url)
         return http.client.HTTPConnection(url.hostname, url.port, timeout=REQUEST_TIMEOUT)
 
     def search(self, conn: Any, query: np.ndarray, k: int) -> list[int]:
-        body = orjson.dumps({"vector": query, "k": k, "params": self._params()},
-                            option=orjson.OPT_SERIALIZE_NUMPY)  # fmt: skip
+        body = orjson.dumps({"vector_b64": b64_floats(query), "k": k, "params": self._params()})
         conn.request("POST", f"/collections/{COLLECTION}/search", body, {"Content-Type": "application/json"})
         response = conn.getresponse()
         data = response.read()

@@ -51,7 +51,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def compare(
     peers: list[str], data: Dataset, source: str, plan_options: dict, out: Path = OUT,
-    workdir: Path | None = None, kind: str = "hnswlib",
+    workdir: Path | None = None, kind: str = "hnswlib", workers: int = 1,
 ) -> tuple[list[PeerResult], str]:  # fmt: skip
     """Run annserve and then each of `peers` (names from peer_classes) on `data`; write
     peers.md, peers.json and peers_recall_vs_qps.png under `out`. `plan_options` are Plan's
@@ -71,7 +71,7 @@ def compare(
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         for name in ["annserve", *peers]:
-            peer = classes[name](kind) if name == "annserve" else classes[name]()
+            peer = classes[name](kind, workers) if name == "annserve" else classes[name]()
             try:
                 peer.check_installed()
             except PeerMissing as exc:
@@ -100,7 +100,9 @@ def compare(
     n, dim = data.base.shape
     caption = (
         f"Data: {source}; {n:,} x {dim}, cosine, {len(data.queries):,} queries, recall@{plan.k} against exact "
-        f"search. Every service: HNSW M={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION}, on loopback; the "
+        f"search. Every service: HNSW M={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION}, on loopback; annserve "
+        f"with {workers} worker process{'es' if workers > 1 else ''}, its queries as base64 float32 (`vector_b64`, "
+        f"as Redis's client sends a binary blob); the "
         f"knob is the smallest ef reaching recall@{plan.k} {plan.target_recall} (sweep runs "
         f"{plan.sweep_seconds:g} s; at the matched knob the median of {plan.rounds} runs of {plan.seconds:g} s, "
         f"and of {plan.rounds} with one connection for p50, their range in brackets). Server CPU from "
@@ -124,7 +126,7 @@ def compare(
 
 def run_from_cli(
     peers: list[str], data: Dataset, source: str, kind: str, connections: int, seconds: int,
-    target_recall: float, wrk_exe: str, keep: Path | None,
+    target_recall: float, wrk_exe: str, keep: Path | None, workers: int = 1,
 ) -> None:  # fmt: skip
     """`annserve bench-http --peers ...`: the comparison with bench-http's own options; the sweep's
     runs are a third of `--seconds` (at least 2 s). Exits 1 with the cause if annserve fails."""
@@ -134,7 +136,7 @@ def run_from_cli(
                "sweep_seconds": max(2.0, round(seconds / 3)), "target_recall": target_recall,
                "wrk_exe": wrk_exe}  # fmt: skip
     try:
-        _, text = compare(peers, data, source, options, workdir=keep, kind=kind)
+        _, text = compare(peers, data, source, options, workdir=keep, kind=kind, workers=workers)
     except (RuntimeError, Terminated, OSError) as exc:
         print(f"error: {exc}", flush=True)
         raise typer.Exit(1) from None
