@@ -56,6 +56,10 @@ class PgvectorPeer(Peer):
             nobody = pwd.getpwnam("nobody")
             os.chown(self.home, nobody.pw_uid, nobody.pw_gid)
             user = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+            if not _reachable_by_others(bin_dir):  # pgserver installed under /root (0700), say
+                copied = self.home / "pginstall"  # 40 MB, a second's copy
+                shutil.copytree(bin_dir.parent, copied, symlinks=True)
+                bin_dir = copied / "bin"
         data, log = self.home / "data", workdir / "postgres.log"
         initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
         subprocess.run(initdb, check=True, capture_output=True, cwd=self.home, **user)
@@ -151,3 +155,8 @@ class PgvectorPeer(Peer):
             return any("items_hnsw" in row[0] for row in plan.fetchall())
         finally:
             conn.close()
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """Whether a user other than the owner may walk down to `path` (every folder above it o+x)."""
+    return all(os.stat(folder).st_mode & 0o001 for folder in [path, *path.parents])
