@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_k: int = Field(1000, ge=1)
     max_batch: int = Field(1000, ge=1)
+    # Small plain searches that cannot wait run on the event loop, sparing a thread hand-off
+    # (api/transport/batching.py); false: every engine call goes to a search thread.
+    search_on_loop: bool = True
     max_upsert_batch: int = Field(10_000, ge=1)
     max_dim: int = Field(4096, ge=1)
 

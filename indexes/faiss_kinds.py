@@ -83,6 +83,20 @@ def default_nbits(n: int) -> int:
 MAX_RERANK = 1024
 
 
+def exact_knn(queries: np.ndarray, vectors: np.ndarray, k: int, space: str) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k best rows of (m, dim) float32 `vectors` (already normalised for cosine) for
+    (nq, dim) `queries` in `space` (`ip` or `l2`): rows (nq, min(k, m)) int64 and scores in the
+    contract's convention, best first; FAISS's flat scan over the caller's array, no copy.
+    A flat index would copy the rows in; a plain numpy product is cheaper still but its sums
+    change order with the number of queries, so a query's scores would depend on its company."""
+    take = min(k, vectors.shape[0])
+    if take == 0:
+        return np.full((len(queries), 0), -1, dtype=np.int64), np.empty((len(queries), 0), dtype=np.float32)
+    metric = faiss.METRIC_L2 if space == "l2" else faiss.METRIC_INNER_PRODUCT
+    scores, rows = faiss.knn(queries, vectors, take, metric=metric)
+    return rows, scores
+
+
 def id_selector(ids: np.ndarray, n: int | None = None) -> tuple[faiss.IDSelector, Any]:
     """A FAISS selector admitting the (m,) int64 `ids`, and what must stay alive while it is
     used. With `n` (the ids are positions below n) a bitmap of n bits (one bit test per row

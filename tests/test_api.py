@@ -14,6 +14,7 @@ from conftest import wait_job
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from annserve.api.transport import batching
 from annserve.api.app import create_app
 from annserve.settings import Settings
 from annserve.indexes import brute_force_knn
@@ -514,6 +515,7 @@ def test_concurrent_searches_are_batched_and_answered_alike(tmp_path, glove):
         ]
     requests += [{"vector": glove.queries[0].tolist(), "params": {"nprobe": 2}}] * 3
     batch_calls = []
+    original_run = batching._run
 
     def answer(response: httpx.Response) -> tuple[int, dict]:
         return response.status_code, response.json()
@@ -531,20 +533,24 @@ def test_concurrent_searches_are_batched_and_answered_alike(tmp_path, glove):
                 items = [{"id": f"v{i}", "vector": v.tolist()} for i, v in enumerate(glove.base[:1000])]
                 assert (await client.post("/collections/g/vectors", json={"items": items})).status_code == 200
                 alone = [(await client.post("/collections/g/search", json=r)) for r in requests]
-                original = app.state.batcher._pool.submit
+                original = batching._run  # every engine call, on the loop or on a search thread
 
-                def counting_submit(fn, batch):
+                def counting_run(batch):
                     batch_calls.append(len(batch))
-                    return original(fn, batch)
+                    return original(batch)
 
-                app.state.batcher._pool.submit = counting_submit
+                batching._run = counting_run
                 together = await asyncio.gather(
                     *(client.post("/collections/g/search", json=r) for r in requests)
                 )
                 return [answer(r) for r in alone], [answer(r) for r in together]
 
-    alone, together = asyncio.run(run())
-    assert together == alone
+    try:
+        alone, together = asyncio.run(run())
+    finally:
+        batching._run = original_run
+    diff = [(i, a, t) for i, (a, t) in enumerate(zip(alone, together)) if a != t]
+    assert together == alone, diff[:3]
     assert [status for status, _ in alone[-3:]] == [422] * 3 and "nprobe" in alone[-1][1]["detail"]
     assert all(status == 200 for status, _ in alone[:-3])
     assert max(batch_calls) > 1, batch_calls  # some engine calls did serve several requests

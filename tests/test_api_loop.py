@@ -32,8 +32,50 @@ DIM = 384
 ATTEMPTS = 3
 
 
-def test_healthz_answers_while_a_search_waits_in_the_engine(tmp_path):
+def test_healthz_answers_while_a_search_waits_behind_a_writer(tmp_path):
+    """A writer holds the shard's state lock: the search must not wait for it on the event
+    loop (it could run there when nothing is in its way: batching.py), so /healthz answers."""
     with TestClient(create_app(Settings(data_dir=tmp_path / "data")), raise_server_exceptions=False) as client:
+        wait_ready(client)
+        body = {"name": "c", "dim": 4, "metric": "l2", "index": {"kind": "flat"}}
+        assert client.post("/collections", json=body).status_code == 201
+        items = [{"id": "a", "vector": [1, 0, 0, 0]}, {"id": "b", "vector": [0, 1, 0, 0]}]
+        assert client.post("/collections/c/vectors", json={"items": items}).status_code == 200
+        shard = client.app.state.manager.get("c")._shards[0]
+        held, release = threading.Event(), threading.Event()
+
+        def writer() -> None:
+            with shard._state.write():
+                held.set()
+                release.wait(HOLD)
+
+        holder = threading.Thread(target=writer)
+        holder.start()
+        answer: dict = {}
+        searcher = threading.Thread(
+            target=lambda: answer.update(r=client.post("/collections/c/search", json={"vector": [1, 0, 0, 0]}))
+        )
+        try:
+            assert held.wait(10)
+            searcher.start()
+            time.sleep(0.3)  # the search has reached the engine and waits for the writer
+            start = time.perf_counter()
+            health = client.get("/healthz")
+            took = time.perf_counter() - start
+        finally:
+            release.set()
+            holder.join(30)
+            searcher.join(30)
+        assert health.status_code == 200
+        assert took < HEALTHZ_WITHIN, f"/healthz took {took * 1e3:.0f} ms while a search waited for a writer"
+        assert answer["r"].status_code == 200 and answer["r"].json()["results"][0]["id"] == "a"
+
+
+def test_healthz_answers_while_a_search_waits_in_the_engine(tmp_path):
+    """An engine call that waits (here: made to) on a search thread leaves the loop free; with
+    ANNSERVE_SEARCH_ON_LOOP off every engine call goes to one."""
+    settings = Settings(data_dir=tmp_path / "data", search_on_loop=False)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         wait_ready(client)
         body = {"name": "c", "dim": 4, "metric": "l2", "index": {"kind": "flat"}}
         assert client.post("/collections", json=body).status_code == 201

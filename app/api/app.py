@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, hot_path: bool = True) -> FastA
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         manager = CollectionManager(settings)
         app.state.manager = manager
-        app.state.batcher = SearchBatcher(max_rows=settings.max_batch)
+        app.state.batcher = SearchBatcher(max_rows=settings.max_batch, on_loop=settings.search_on_loop)
         # Opening loads every collection (indexes from disk, fresh items from the store), which
         # can take a while: do it in the background so /healthz answers at once and /readyz
         # says 503 until the manager is ready.

@@ -326,6 +326,12 @@ class Collection:
         hits = merge_hits(parts, k, self.metric, exclude)
         return hits if score_threshold is None else over_threshold(hits, score_threshold, self.metric)
 
+    def can_search_at_once(self) -> bool:
+        """Whether an unfiltered approximate search would start now without waiting for a
+        writer, a catch-up or search threads: one shard, which can (`Shard.can_search_at_once`)."""
+        shards = self._shards
+        return len(shards) == 1 and shards[0].can_search_at_once()
+
     def records(
         self, ids: Sequence[str], payloads: bool, vectors: bool
     ) -> dict[str, tuple[np.ndarray | None, dict | None]]:

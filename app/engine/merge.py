@@ -17,7 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ..indexes.base import exact_among, higher_is_better, normalize_rows, worst_score
+from ..indexes.base import higher_is_better, normalize_rows, worst_score
+from ..indexes.faiss_kinds import exact_knn
 
 # One query's answer as the engine gives it out: (id, score) best first. Defined here, where
 # answers are made; `collection` re-exports it for its callers (the HTTP batcher).
@@ -150,10 +151,9 @@ def brute_force(
     `queries` over `chunks` of (labels (m,) int64, vectors (m, dim) float32 as stored), best
     first, padded with -1: one matrix product per chunk, so memory stays bounded.
 
-    numpy's product rather than a FAISS flat index per chunk: building the index copies the
-    chunk twice (normalised, then into FAISS's growing array), which made one pass over 50K x
-    384 with 15 queries cost 240-450 ms of CPU against 70 ms this way (the online recall
-    sampler and `exact: true` both run it)."""
+    FAISS's scan over the chunk as it is (`exact_knn`) rather than a flat index per chunk:
+    building the index copied the chunk in, which made one pass over 50K x 384 with 15 queries
+    cost 240-450 ms of CPU (the online recall sampler and `exact: true` both run it)."""
     nq = queries.shape[0]
     if dim != queries.shape[1]:
         raise ValueError(f"brute force: expected queries of dimension {dim}, got {queries.shape[1]}")
@@ -163,6 +163,7 @@ def brute_force(
     for chunk_labels, vectors in chunks:
         if metric == "cosine":
             vectors = normalize_rows(vectors)  # as any index would hold them (indexes/base.py)
-        found, scores = exact_among(queries, k, chunk_labels, vectors, space)
+        rows, scores = exact_knn(queries, vectors, k, space)
+        found = np.where(rows >= 0, chunk_labels[np.maximum(rows, 0)], -1)
         best_labels, best_scores = top_k([best_labels, found], [best_scores, scores], k, metric)
     return best_labels, best_scores

@@ -32,6 +32,11 @@ class ReadWriteLock:
                 if not self._readers:
                     self._cond.notify_all()
 
+    def contended(self) -> bool:
+        """Whether a reader arriving now would wait (a writer holds the lock or waits for it).
+        Read without the lock: a hint, right but for a writer that comes or goes meanwhile."""
+        return self._writing or self._writers_waiting > 0
+
     @contextmanager
     def write(self) -> Iterator[None]:
         with self._cond:

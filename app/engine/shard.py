@@ -137,6 +137,7 @@ class Shard:
         # orders every change of memory coming from a commit (this process's or another's).
         self._applied = Version()
         self._catchup_lock = threading.Lock()
+        self._behind = False  # a commit seen by can_search_at_once, not yet caught up
         self.installed_main = 0  # the main the store says is installed (may be newer than ours)
         self._unreadable_main = 0  # the newest installed main that could not be loaded here
         self._load()
@@ -271,8 +272,29 @@ class Shard:
             return
         with self._catchup_lock:
             self.store._check_open()  # a closed (deleted) store: NotFound, as for a read
-            if self._watch.changed():
+            if self._behind or self._watch.changed():
                 self._catch_up_locked()
+                self._behind = False
+
+    def can_search_at_once(self) -> bool:
+        """Whether a search could start now without waiting: no writer at the state lock and,
+        for a shard shared between processes, nothing to catch up on and nobody catching up.
+        (A commit landing right after the answer still gets caught up by that search.)"""
+        if self._state.contended():
+            return False
+        if self._watch is None:
+            return True
+        if not self._catchup_lock.acquire(blocking=False):
+            return False
+        try:
+            self.store._check_open()  # deleted meanwhile: the search that waits says NotFound
+            if not self._behind and self._watch.changed():
+                self._behind = True  # seen here: the next catch_up applies it
+            return not self._behind
+        except NotFound:
+            return False
+        finally:
+            self._catchup_lock.release()
 
     def _catch_up_locked(self) -> None:
         """Read everything past `_applied` from one store snapshot and apply it, chunk by chunk

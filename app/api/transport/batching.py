@@ -19,6 +19,16 @@ wake-up per search; batching pays one per engine call and lets the library loop 
 A lone query used to be answered on the loop, sparing two thread wake-ups; but then the loop
 stalled whenever the engine waited (for its search threads, or behind a writer holding a
 shard's lock), every connection with it.
+
+Now an engine call runs on the loop only when it cannot wait (`ANNSERVE_SEARCH_ON_LOOP`, on by
+default): at most ON_LOOP_ROWS queries, approximate, unfiltered, without payloads, on
+one-shard collections whose shard says nothing is in its way (`Collection.can_search_at_once`:
+no writer at its lock, no catch-up from other processes pending). Anything else hops as before.
+The hand-off it spares cost ~130 us of CPU and ~0.15 ms per lone query; measured side by side
+(16 connections, wrk, 60K x 384 hnswlib, ef 12, 3 rounds each): one process 178-182 us of server
+CPU per search on the loop against 191-197 us with the hop, at the same throughput; two workers
+7,304-8,116 searches/s at 221-240 us against 4,332-7,130/s at 255-285 us. Only the hnswlib ef
+gate is not asked: a tune (admin) running meanwhile can hold such a search back.
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ import orjson
 
 from ...engine.collection import Hits
 from ...engine.search_options import NO_OPTIONS, SearchOptions, with_records
+
+ON_LOOP_ROWS = 32  # queries of an engine call that may run on the loop (~50 us each, hnswlib)
 
 
 @dataclass(eq=False)
@@ -56,9 +68,11 @@ class _Request:
 class SearchBatcher:
     """One per app. `search()` is called from the event loop only."""
 
-    def __init__(self, max_rows: int, max_in_flight: int = 1) -> None:
+    def __init__(self, max_rows: int, max_in_flight: int = 1, on_loop: bool = True) -> None:
+        """`on_loop`: engine calls that cannot wait run on the event loop (module docstring)."""
         self.max_rows = max_rows  # queries per engine call (the batch cap of the API)
         self.max_in_flight = max_in_flight
+        self.on_loop = on_loop
         self._queue: deque[_Request] = deque()
         self._in_flight = 0
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="annserve-batch")
@@ -88,12 +102,26 @@ class SearchBatcher:
                     request = self._queue.popleft()
                     batch.append(request)
                     rows += len(request.queries)
-                _deliver(batch, await loop.run_in_executor(self._pool, _run, batch))
+                if self.on_loop and rows <= ON_LOOP_ROWS and _can_run_at_once(batch):
+                    _deliver(batch, _run(batch))
+                    await asyncio.sleep(0)  # the loop reads and answers before the next call
+                else:
+                    _deliver(batch, await loop.run_in_executor(self._pool, _run, batch))
         finally:
             self._in_flight -= 1
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+def _can_run_at_once(batch: list[_Request]) -> bool:
+    """Whether every request of `batch` is a plain search of a collection that can start it
+    without waiting (see the module docstring)."""
+    for request in batch:
+        options = request.options
+        if request.exact or options.where is not None or options.fetches:
+            return False
+    return all(collection.can_search_at_once() for collection in {r.collection for r in batch})
 
 
 def _deliver(batch: list[_Request], outcomes: list[tuple[list[Hits] | None, BaseException | None]]) -> None:
