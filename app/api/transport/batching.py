@@ -45,7 +45,7 @@ import orjson
 from ...engine.collection import Hits
 from ...engine.search_options import NO_OPTIONS, SearchOptions, with_records
 
-ON_LOOP_ROWS = 32  # queries of an engine call that may run on the loop (~50 us each, hnswlib)
+ON_LOOP_ROWS = 8  # queries of an engine call that may run on the loop (~50 us each, hnswlib)
 
 
 @dataclass(eq=False)
