@@ -226,17 +226,22 @@ def fill_and_build(url: str, glove, rows: int) -> None:
     until(every_worker_serves_the_main, 60)
 
 
-def search_spread(url: str, glove, queries: range) -> tuple[set[str], list[float]]:
-    """Search each query on a new connection; the workers that answered, and each answer's
-    recall@10 against the exact top 10 (tests/data's ground truth over all 10K rows)."""
+def search_spread(url: str, glove, first: int, count: int) -> tuple[set[str], list[float]]:
+    """Search queries first, first + 1, ... each on a new connection: `count` of them, and more
+    until every worker answered one (which worker accepts a connection is the kernel's pick).
+    The workers that answered, and each answer's recall@10 against the exact top 10
+    (tests/data's ground truth over all 10K rows)."""
     answered_by, recalls = set(), []
-    for q in queries:
+    q = first
+    while len(recalls) < count or len(answered_by) < WORKERS:
+        assert len(recalls) < count + 400, f"only workers {answered_by} answered {len(recalls)} searches"
         with httpx.Client(base_url=url, timeout=30) as c:
             r = c.post("/collections/w/search", json={"vector": glove.queries[q].tolist(), "k": 10})
         assert r.status_code == 200, r.text
         answered_by.add(r.headers["x-annserve-worker"])
         got = {hit["id"] for hit in r.json()["results"]}
         recalls.append(len(got & {f"i{row}" for row in glove.truth[q]}) / 10)
+        q = (q + 1) % len(glove.queries)
     return answered_by, recalls
 
 
@@ -244,8 +249,8 @@ def test_every_worker_answers_the_same_summed_counters_and_recall(sampled_server
     url = sampled_server.url
     rows = len(glove.base)
     fill_and_build(url, glove, rows)
-    answered_by, recalls = search_spread(url, glove, range(200))
-    assert len(answered_by) == WORKERS, f"every search went to one worker ({answered_by}): the test proves nothing"
+    answered_by, recalls = search_spread(url, glove, 0, 200)
+    sent = len(recalls)
     with httpx.Client(base_url=url, timeout=30) as c:
         deleted = c.post("/collections/w/vectors/delete", json={"ids": ["i0", "i1", "i2"]}).json()["deleted"]
     assert deleted == 3
@@ -260,12 +265,12 @@ def test_every_worker_answers_the_same_summed_counters_and_recall(sampled_server
                 "annserve_deleted_items_total", "annserve_rebuilds_total", "annserve_recall_samples_total",
                 "annserve_recall_window_samples")}  # fmt: skip
             assert seen == {
-                "annserve_searches_total": 200, "annserve_search_queries_total": 200,
+                "annserve_searches_total": sent, "annserve_search_queries_total": sent,
                 "annserve_upserted_items_total": rows, "annserve_deleted_items_total": 3,
-                "annserve_rebuilds_total": 1, "annserve_recall_samples_total": 200,
-                "annserve_recall_window_samples": 200,
+                "annserve_rebuilds_total": 1, "annserve_recall_samples_total": sent,
+                "annserve_recall_window_samples": sent,
             }, (pid, seen)
-            assert metric(text, "annserve_recall_query_ratio_count", collection="w") == 200, pid
+            assert metric(text, "annserve_recall_query_ratio_count", collection="w") == sent, pid
             # Gauges of the shard's state: the answering worker's, caught up with the delete.
             assert metric(text, "annserve_collection_items", collection="w", shard="0", part="main") == rows - 3
         figures = {pid: metric(text, "annserve_recall_ratio", collection="w") for pid, text in texts.items()}
@@ -298,8 +303,8 @@ def test_memory_of_every_live_worker_is_listed(server):
 def test_kill_9_of_a_worker_keeps_its_counts_and_a_restart_starts_at_zero(sampled_server, glove):
     url = sampled_server.url
     fill_and_build(url, glove, 2000)
-    answered_by, _ = search_spread(url, glove, range(60))
-    assert len(answered_by) == WORKERS, answered_by
+    answered_by, recalls = search_spread(url, glove, 0, 60)
+    sent = len(recalls)
 
     def counted(searches: int):
         def check():
@@ -308,7 +313,7 @@ def test_kill_9_of_a_worker_keeps_its_counts_and_a_restart_starts_at_zero(sample
                 assert metric(r.text, "annserve_recall_samples_total", collection="w") == searches, pid
         return check
 
-    until(counted(60))  # every worker published what it counted
+    until(counted(sent))  # every worker published what it counted
     victim = int(sorted(answered_by)[0])
     os.kill(victim, signal.SIGKILL)
 
@@ -317,12 +322,49 @@ def test_kill_9_of_a_worker_keeps_its_counts_and_a_restart_starts_at_zero(sample
         assert str(victim) not in now and len(now) == WORKERS, now
 
     until(replaced, 60)
-    until(counted(60))  # the dead worker's searches still count
-    search_spread(url, glove, range(60, 80))
-    until(counted(80))
+    until(counted(sent))  # the dead worker's searches still count
+    _, more = search_spread(url, glove, sent, 20)
+    until(counted(sent + len(more)))
     workers = {w["pid"] for r in on_each_worker(url, "GET", "/workers").values() for w in r.json()["workers"]}
     assert victim not in workers and len(workers) == WORKERS, workers
     # The service restarted on the same data directory counts from zero.
     sampled_server.stop()
     sampled_server.start().close()
     until(counted(0))
+
+
+def _hold_membership(data_dir, ready, done) -> None:
+    """A worker that has started (locked its `.alive` file) but not joined yet."""
+    from annserve.engine.coordination import Coordination
+
+    coordination = Coordination(data_dir)
+    ready.set()
+    done.wait(30)
+    coordination.close()
+
+
+def test_the_first_worker_to_join_keeps_the_membership_of_one_started_with_it(tmp_path):
+    """Two workers start at once: the one that joins first finds itself alone and clears what
+    dead processes left, never the file of the one that has not joined yet (it would pass for
+    dead: its jobs failed, its memory unlisted)."""
+    import multiprocessing
+
+    from annserve.engine.coordination import Coordination
+
+    context = multiprocessing.get_context("spawn")
+    ready, done = context.Event(), context.Event()
+    other = context.Process(target=_hold_membership, args=(tmp_path, ready, done))
+    other.start()
+    try:
+        assert ready.wait(60)
+        (tmp_path / "workers" / "999999999.alive").touch()  # a dead process's leftover
+        first = Coordination(tmp_path)
+        try:
+            assert first.join() is True
+            assert first.alive_pids() == sorted([first.pid, other.pid])
+            assert not (tmp_path / "workers" / "999999999.alive").exists()
+        finally:
+            first.close()
+    finally:
+        done.set()
+        other.join(30)
