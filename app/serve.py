@@ -1,5 +1,6 @@
 """`annserve serve`: settings from flags over ANNSERVE_* env, logging, uvicorn; with
-`--workers N` (default 1; 0: one per core available, for a data node), N processes on one port.
+`--workers N` (default 0: one per core available for a data node, one for a router), N
+processes on one port; `--workers 1` (or ANNSERVE_WORKERS=1) serves in this process alone.
 
 Several workers: uvicorn's own supervisor binds the port once and starts N worker processes
 that accept on it; it restarts a worker that dies (kill -9 included). Each worker is a whole
