@@ -22,6 +22,7 @@ WORKDIR /home/annserve
 # numba caches compiled kernels next to its source unless told otherwise; site-packages is not ours.
 ENV ANNSERVE_HOST=0.0.0.0 \
     ANNSERVE_PORT=8000 \
+    ANNSERVE_WORKERS=1 \
     ANNSERVE_DATA_DIR=/data \
     NUMBA_CACHE_DIR=/home/annserve/.numba-cache \
     PYTHONUNBUFFERED=1
@@ -30,6 +31,7 @@ EXPOSE 8000
 # /healthz: alive (a router, or a node whose collections loaded); readiness is /readyz (Kubernetes probes).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-m", "annserve.cluster.pod", "health"]
-# One process, one uvicorn worker per container: scale with containers (routers, shard nodes), not workers,
-# since a node's collections live in its process.
+# One process, one uvicorn worker per container (ANNSERVE_WORKERS=1 above; the service's own default is one
+# per core): scale with containers (routers, shard nodes) and their CPU limits; a node that owns its cores
+# may run `ANNSERVE_WORKERS=0` (one worker per core over the same data directory, README Configuration).
 CMD ["annserve", "serve"]

@@ -52,8 +52,8 @@ def serve(
     ),
     workers: Optional[int] = typer.Option(
         None, min=0, max=256,
-        help="processes serving the data directory on the port [env ANNSERVE_WORKERS, default 1; "
-        "0: one per core available (a router: 1)]",
+        help="processes serving the data directory on the port [env ANNSERVE_WORKERS, default 0: "
+        "one per core available (a router: 1)]",
     ),
 ) -> None:
     """Start the HTTP service with its embedded store (nothing else to start)."""

@@ -1,5 +1,6 @@
 """`annserve serve`: settings from flags over ANNSERVE_* env, logging, uvicorn; with
-`--workers N` (default 1; 0: one per core available, for a data node), N processes on one port.
+`--workers N` (default 0: one per core available for a data node, one for a router), N
+processes on one port; `--workers 1` (or ANNSERVE_WORKERS=1) serves in this process alone.
 
 Several workers: uvicorn's own supervisor binds the port once and starts N worker processes
 that accept on it; it restarts a worker that dies (kill -9 included). Each worker is a whole
@@ -7,7 +8,8 @@ service over the same data directory (the engine's multi-process mode: app/engin
 coordination.py, job_board.py): writes commit to the shared SQLite stores with the same
 durability, every worker catches up with what the others committed before it searches, one
 rebuilds at a time and the others load its new main. The workers' Prometheus metrics go to
-`<data_dir>/workers/metrics` (prometheus-client's multiprocess mode), emptied at start.
+`<data_dir>/workers/metrics` (prometheus-client's multiprocess mode) and the engine's counters
+and recall windows to `<data_dir>/workers/stats` (engine/worker_stats.py), both emptied at start.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import uvicorn
 from .settings import Settings
 
 METRICS_DIR = Path("workers") / "metrics"  # under the data directory
+STATS_DIR = Path("workers") / "stats"  # the engine's counters per worker (engine/worker_stats.py)
 
 
 def default_workers(settings: Settings) -> int:
@@ -100,6 +103,7 @@ def run(overrides: dict[str, Any]) -> None:
     os.environ["ANNSERVE_WORKERS"] = str(workers)
     metrics_dir = Path(settings.data_dir) / METRICS_DIR
     shutil.rmtree(metrics_dir, ignore_errors=True)  # counters start at 0 with the service
+    shutil.rmtree(Path(settings.data_dir) / STATS_DIR, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
     logging.getLogger("annserve").info("serving %s with %d worker processes", settings.data_dir, workers)

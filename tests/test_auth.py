@@ -168,6 +168,8 @@ def test_metrics_open_by_default_and_keyed_when_asked(tmp_path):
         assert_refused(client.get("/metrics"), 401, "ANNSERVE_METRICS_API_KEY")
         assert_refused(client.get("/metrics", headers={"X-API-Key": READ[0]}), 403)
         assert client.get("/metrics", headers={"X-API-Key": METRICS}).status_code == 200
+        assert_refused(client.get("/workers"), 401, "ANNSERVE_METRICS_API_KEY")
+        assert client.get("/workers", headers={"X-API-Key": METRICS}).status_code == 200
         assert client.get("/metrics", headers={"Authorization": f"bearer {ADMIN[1]}"}).status_code == 200
         # The metrics key is for metrics only.
         assert_refused(client.get("/collections", headers={"X-API-Key": METRICS}), 403)
@@ -185,8 +187,8 @@ def test_every_route_has_the_intended_role(tmp_path):
                 assert role == "read", (method, path, role)
             elif (method, path) in OPEN_ROUTES:
                 assert role == "open", (method, path, role)
-            elif path == "/metrics":
-                assert role == "metrics"
+            elif path in ("/metrics", "/workers"):  # /workers: the processes' memory, as in /metrics
+                assert role == "metrics", (method, path, role)
             else:
                 assert role == "admin", (method, path, role)
     assert {("POST", "/collections/{name}/rebuild"), ("POST", "/collections/{name}/search")} <= seen

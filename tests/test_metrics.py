@@ -7,6 +7,8 @@ from __future__ import annotations
 import statistics
 import time
 
+import numpy as np
+import orjson
 import pytest
 from conftest import wait_job, wait_ready
 from fastapi.testclient import TestClient
@@ -134,4 +136,43 @@ def test_a_scrape_with_100_collections_is_cheap(tmp_path, glove, capsys):
                   f"({statistics.median(walls) * 1000:.1f} ms wall), {len(text) / 1024:.0f} KiB, "
                   f"{len(text.splitlines())} lines")
         assert b'collection="c99"' in text
+        assert median < SCRAPE_BUDGET_SECONDS, times
+
+
+def test_a_scrape_merging_two_workers_full_recall_windows_of_100_collections_is_cheap(tmp_path, glove, capsys):
+    """The worst case of `--workers`' merge (engine/worker_stats.py): 100 collections whose
+    every count changed since the last scrape, each with a full recall window (1000 samples)
+    in this worker and in another one's published file."""
+    settings = Settings(data_dir=tmp_path / "data", recall_sample_rate=1.0, workers=2)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        wait_ready(client)
+        manager = client.app.state.manager
+        window = settings.recall_window
+        for i in range(100):
+            collection = manager.create(f"c{i}", 50, "cosine", "hnswlib", {}, shards=2)
+            collection.upsert([str(j) for j in range(100)], glove.base[:100], [None] * 100)
+            hits = collection.search(glove.queries[:1], 10)
+            # A full window, as the sampler records it (the answer is its own exact truth: recall 1).
+            collection.recall.record(np.repeat(glove.queries[:1], window, 0), 10, hits * window,
+                                     hits * window, [True] * window)
+        stats = manager.worker_stats
+        other = stats.snapshot()
+        other["pid"] = 2**22 + 1  # above any pid_max: a dead worker, whose counts still count
+        (stats.dir / f"{other['pid']}.json").write_bytes(orjson.dumps(other))
+        metrics = client.app.state.metrics
+        metrics.exposition()
+        times = []
+        for _ in range(7):
+            for collection in manager.list():  # every collection changed: no merge is reused
+                collection.stats.wrote(upserted=1)
+            start = time.thread_time()
+            text = metrics.exposition()
+            times.append(time.thread_time() - start)
+        median = statistics.median(times)
+        with capsys.disabled():
+            print(f"\nscrape merging 2 workers' windows of 100 collections: median {median * 1000:.1f} ms CPU")
+        line = next(x for x in text.decode().splitlines() if x.startswith('annserve_recall_window_samples{collection="c99"}'))
+        assert line.endswith(f" {window}"), line  # the newest `window` of both workers' 2 x window
+        samples = next(x for x in text.decode().splitlines() if x.startswith('annserve_recall_samples_total{collection="c99"}'))
+        assert samples.endswith(f" {2 * window}"), samples
         assert median < SCRAPE_BUDGET_SECONDS, times

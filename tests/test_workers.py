@@ -168,3 +168,203 @@ def test_kill_9_of_a_worker_loses_nothing_and_it_is_replaced(server, glove):
         body = {"vector": glove.base[i].tolist(), "k": 1}
         assert nearest(on_each_worker(url, "POST", "/collections/w/search", json=body)) == {f"i{i}"}
     assert np.isfinite(server.cpu_seconds())
+
+
+# ---- one coherent set of engine figures, whatever worker answers (engine/worker_stats.py) ----
+
+
+@pytest.fixture()
+def sampled_server(tmp_path):
+    """Two workers that sample every search for recall."""
+    env = {"ANNSERVE_FRESH_LIMIT": "100000", "ANNSERVE_RECALL_SAMPLE_RATE": "1.0"}
+    proc = ServeProcess(tmp_path / "data", tmp_path / "server.log", env, WORKERS)
+    proc.start().close()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of the series `name` with exactly `labels` in a /metrics text (None if absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    prefix = f"{name}{{{want}}} " if want else f"{name} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix):])
+    return None
+
+
+def until(check, seconds: float = 20.0):
+    """Call `check()` until it returns without AssertionError (its last error after `seconds`)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.25)
+
+
+def fill_and_build(url: str, glove, rows: int) -> None:
+    """Collection `w` (hnswlib, ef 10 so that recall is well under 1) with `rows` GloVe rows,
+    rebuilt, its main loaded by every worker."""
+    with httpx.Client(base_url=url, timeout=60) as c:
+        c.post("/collections", json={"name": "w", "dim": glove.dim, "metric": "cosine",
+                                     "index": {"kind": "hnswlib"}}).raise_for_status()  # fmt: skip
+    for lo in range(0, rows, 1000):
+        upsert(url, [f"i{i}" for i in range(lo, min(lo + 1000, rows))], glove.base[lo : min(lo + 1000, rows)])
+    with httpx.Client(base_url=url, timeout=60) as c:
+        assert wait_job(c, c.post("/collections/w/rebuild").json()["job_id"])["state"] == "succeeded"
+        c.patch("/collections/w", json={"search_params": {"ef": 10}}).raise_for_status()
+
+    def every_worker_serves_the_main():
+        infos = [r.json() for r in on_each_worker(url, "GET", "/collections/w").values()]
+        assert all(i["main_count"] == rows and i["fresh_count"] == 0 for i in infos), infos
+
+    until(every_worker_serves_the_main, 60)
+
+
+def search_spread(url: str, glove, first: int, count: int) -> tuple[set[str], list[float]]:
+    """Search queries first, first + 1, ... each on a new connection: `count` of them, and more
+    until every worker answered one (which worker accepts a connection is the kernel's pick).
+    The workers that answered, and each answer's recall@10 against the exact top 10
+    (tests/data's ground truth over all 10K rows)."""
+    answered_by, recalls = set(), []
+    q = first
+    while len(recalls) < count or len(answered_by) < WORKERS:
+        assert len(recalls) < count + 400, f"only workers {answered_by} answered {len(recalls)} searches"
+        with httpx.Client(base_url=url, timeout=30) as c:
+            r = c.post("/collections/w/search", json={"vector": glove.queries[q].tolist(), "k": 10})
+        assert r.status_code == 200, r.text
+        answered_by.add(r.headers["x-annserve-worker"])
+        got = {hit["id"] for hit in r.json()["results"]}
+        recalls.append(len(got & {f"i{row}" for row in glove.truth[q]}) / 10)
+        q = (q + 1) % len(glove.queries)
+    return answered_by, recalls
+
+
+def test_every_worker_answers_the_same_summed_counters_and_recall(sampled_server, glove):
+    url = sampled_server.url
+    rows = len(glove.base)
+    fill_and_build(url, glove, rows)
+    answered_by, recalls = search_spread(url, glove, 0, 200)
+    sent = len(recalls)
+    with httpx.Client(base_url=url, timeout=30) as c:
+        deleted = c.post("/collections/w/vectors/delete", json={"ids": ["i0", "i1", "i2"]}).json()["deleted"]
+    assert deleted == 3
+    expected_recall = float(np.mean(recalls))
+    assert expected_recall < 0.99, f"recall {expected_recall}: ef=10 should miss some, or the test proves little"
+
+    def metrics_agree():
+        texts = {pid: r.text for pid, r in on_each_worker(url, "GET", "/metrics").items()}
+        for pid, text in texts.items():
+            seen = {name: metric(text, name, collection="w") for name in (
+                "annserve_searches_total", "annserve_search_queries_total", "annserve_upserted_items_total",
+                "annserve_deleted_items_total", "annserve_rebuilds_total", "annserve_recall_samples_total",
+                "annserve_recall_window_samples")}  # fmt: skip
+            assert seen == {
+                "annserve_searches_total": sent, "annserve_search_queries_total": sent,
+                "annserve_upserted_items_total": rows, "annserve_deleted_items_total": 3,
+                "annserve_rebuilds_total": 1, "annserve_recall_samples_total": sent,
+                "annserve_recall_window_samples": sent,
+            }, (pid, seen)
+            assert metric(text, "annserve_recall_query_ratio_count", collection="w") == sent, pid
+            # Gauges of the shard's state: the answering worker's, caught up with the delete.
+            assert metric(text, "annserve_collection_items", collection="w", shard="0", part="main") == rows - 3
+        figures = {pid: metric(text, "annserve_recall_ratio", collection="w") for pid, text in texts.items()}
+        assert len(set(figures.values())) == 1, figures
+        return next(iter(figures.values()))
+
+    figure = until(metrics_agree)
+    # Ties aside (the server counts an id tied with the 10th exact score), the same figure.
+    assert abs(figure - expected_recall) < 0.01, (figure, expected_recall)
+    answers = {pid: r.json() for pid, r in on_each_worker(url, "GET", "/collections/w/recall").items()}
+    assert len({(a["recall_at_k"], a["samples"], a["samples_total"]) for a in answers.values()}) == 1, answers
+    assert next(iter(answers.values()))["recall_at_k"] == pytest.approx(figure, abs=1e-6)
+
+
+def test_memory_of_every_live_worker_is_listed(server):
+    url = server.url
+    answers = on_each_worker(url, "GET", "/metrics")
+    pids = set(answers)
+    for pid, r in answers.items():
+        listed = {p: metric(r.text, "annserve_worker_resident_memory_bytes", pid=p) for p in pids}
+        assert all(v is not None and v > 20 * 2**20 for v in listed.values()), (pid, listed)
+        assert r.text.count("annserve_worker_resident_memory_bytes{") == WORKERS, r.text
+    for pid, r in on_each_worker(url, "GET", "/workers").items():
+        body = r.json()
+        assert body["answered_by"] == int(pid)
+        assert {str(w["pid"]) for w in body["workers"]} == pids, body
+        assert all(w["resident_memory_bytes"] > 20 * 2**20 for w in body["workers"]), body
+
+
+def test_kill_9_of_a_worker_keeps_its_counts_and_a_restart_starts_at_zero(sampled_server, glove):
+    url = sampled_server.url
+    fill_and_build(url, glove, 2000)
+    answered_by, recalls = search_spread(url, glove, 0, 60)
+    sent = len(recalls)
+
+    def counted(searches: int):
+        def check():
+            for pid, r in on_each_worker(sampled_server.url, "GET", "/metrics").items():
+                assert metric(r.text, "annserve_searches_total", collection="w") == searches, pid
+                assert metric(r.text, "annserve_recall_samples_total", collection="w") == searches, pid
+        return check
+
+    until(counted(sent))  # every worker published what it counted
+    victim = int(sorted(answered_by)[0])
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced():
+        now = set(on_each_worker(url, "GET", "/readyz", tries=100))
+        assert str(victim) not in now and len(now) == WORKERS, now
+
+    until(replaced, 60)
+    until(counted(sent))  # the dead worker's searches still count
+    _, more = search_spread(url, glove, sent, 20)
+    until(counted(sent + len(more)))
+    workers = {w["pid"] for r in on_each_worker(url, "GET", "/workers").values() for w in r.json()["workers"]}
+    assert victim not in workers and len(workers) == WORKERS, workers
+    # The service restarted on the same data directory counts from zero.
+    sampled_server.stop()
+    sampled_server.start().close()
+    until(counted(0))
+
+
+def _hold_membership(data_dir, ready, done) -> None:
+    """A worker that has started (locked its `.alive` file) but not joined yet."""
+    from annserve.engine.coordination import Coordination
+
+    coordination = Coordination(data_dir)
+    ready.set()
+    done.wait(30)
+    coordination.close()
+
+
+def test_the_first_worker_to_join_keeps_the_membership_of_one_started_with_it(tmp_path):
+    """Two workers start at once: the one that joins first finds itself alone and clears what
+    dead processes left, never the file of the one that has not joined yet (it would pass for
+    dead: its jobs failed, its memory unlisted)."""
+    import multiprocessing
+
+    from annserve.engine.coordination import Coordination
+
+    context = multiprocessing.get_context("spawn")
+    ready, done = context.Event(), context.Event()
+    other = context.Process(target=_hold_membership, args=(tmp_path, ready, done))
+    other.start()
+    try:
+        assert ready.wait(60)
+        (tmp_path / "workers" / "999999999.alive").touch()  # a dead process's leftover
+        first = Coordination(tmp_path)
+        try:
+            assert first.join() is True
+            assert first.alive_pids() == sorted([first.pid, other.pid])
+            assert not (tmp_path / "workers" / "999999999.alive").exists()
+        finally:
+            first.close()
+    finally:
+        done.set()
+        other.join(30)

@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None, hot_path: bool = True) -> FastA
     app.state.manager = None
     app.state.open_error = None
     app.state.not_ready_reason = lambda: _not_ready_reason(app)
-    app.state.metrics = ServiceMetrics(lambda: _live_collections(app))
+    app.state.metrics = ServiceMetrics(lambda: _live_collections(app), lambda: worker_view(app))
     app.include_router(api_router)
     _add_error_handlers(app)
     # Pure ASGI middleware (no BaseHTTPMiddleware: it would cost a task per request).
@@ -115,6 +115,14 @@ def _not_ready_reason(app: FastAPI) -> str:
 def _live_collections(app: FastAPI) -> list:
     manager = app.state.manager
     return manager.list() if manager is not None and manager.is_ready else []
+
+
+def worker_view(app: FastAPI):
+    """Every worker's figures merged (engine/worker_stats.py); None with one process or while starting."""
+    manager = app.state.manager
+    if manager is None or not manager.is_ready or manager.worker_stats is None:
+        return None
+    return manager.worker_stats.merged()
 
 
 def _add_error_handlers(app: FastAPI) -> None:

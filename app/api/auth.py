@@ -3,7 +3,7 @@
 Roles (CONTRACT section 4):
 - `admin`: `ANNSERVE_ADMIN_API_KEY`; everything.
 - `read`: `ANNSERVE_API_KEY`; search, batch search, get, list, info, recall, job status.
-- `metrics`: `/metrics` needs `ANNSERVE_METRICS_API_KEY` (or an admin key) when that is set,
+- `metrics`: `/metrics` (and `/workers`, the same processes' memory per pid) needs `ANNSERVE_METRICS_API_KEY` (or an admin key) when that is set,
   and is open when it is not: Prometheus scrapers are usually set up without credentials, and
   the metrics hold counts and latencies labelled by collection, never an item, a vector or a key.
 - open: `/healthz`, `/readyz` (probes carry no key) and the API's own description (`/docs`,
@@ -55,7 +55,7 @@ def required_role(method: str, path: str) -> Role:
     template such as `/collections/{name}/search`)."""
     if path in _OPEN_PATHS:
         return "open"
-    if path == "/metrics":
+    if path in ("/metrics", "/workers"):  # /workers: the processes' pids and memory, as in /metrics
         return "metrics"
     parts = path.split("/")  # "/collections/c/search" -> ["", "collections", "c", "search"]
     n = len(parts)

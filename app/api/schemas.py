@@ -252,6 +252,16 @@ class Status(BaseModel):
     status: str
 
 
+class WorkerInfo(BaseModel):
+    pid: int
+    resident_memory_bytes: int | None = Field(None, description="RSS (Linux /proc); null where unreadable")
+
+
+class WorkersInfo(BaseModel):
+    answered_by: int = Field(description="The pid of the worker that answered")
+    workers: list[WorkerInfo] = Field(description="Every live worker process, by pid")
+
+
 # ---- recall, tuning -----------------------------------------------------------------------
 
 

@@ -35,7 +35,9 @@ class ServeProcess:
     def __init__(
         self, data_dir: Path, log_path: Path, env: dict[str, str] | None = None, workers: int = 1
     ) -> None:
-        """`workers`: `annserve serve --workers` (1 unless asked: one process, as tests expect)."""
+        """`workers`: `annserve serve --workers`, always given (the service's default is one per
+        core): 1 unless asked, one process, as tests expect (a kill -9 of uvicorn's supervisor
+        would orphan its workers, who keep the port)."""
         self.data_dir, self.log_path = Path(data_dir), Path(log_path)
         self.env = dict(env or {})
         self.workers = workers

@@ -66,9 +66,11 @@ class Coordination:
             alone = False
         fcntl.flock(self._serving, fcntl.LOCK_SH)  # from exclusive (if alone) to shared
         if alone:
+            # Only the files of dead processes: a worker started at the same moment may have
+            # locked its own file before this one took serving.lock (it joins right after).
             for stale in self.dir.glob("*.alive"):
-                if stale.name != f"{self.pid}.alive":
-                    stale.unlink(missing_ok=True)
+                if stale.stem.isdigit():
+                    self.is_alive(int(stale.stem))  # unlinks a dead process's file
         return alone
 
     def is_alive(self, pid: int) -> bool:

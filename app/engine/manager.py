@@ -30,6 +30,7 @@ from ..indexes import METRICS, create_index
 from .auto import AUTO
 from .collection import SPEC_FILE, Collection, CollectionSpec
 from .coordination import Coordination
+from .worker_stats import WorkerStats
 from .errors import Conflict, NotFound, storage_error
 from .files import fsync_dir
 from .job_board import JobBoard
@@ -60,6 +61,11 @@ class CollectionManager:
         self.recall = RecallSampler(
             settings.recall_sample_rate, settings.recall_queue_size, settings.recall_window,
             settings.recall_recent_queries,
+        )
+        # Several processes: one coherent set of counters and one recall window (worker_stats.py).
+        self.worker_stats = (
+            WorkerStats(self.coordination, self.list, settings.recall_window, settings.recall_sample_rate)
+            if self.coordination is not None else None
         )
         self.is_ready = False
         self._collections: dict[str, Collection] = {}
@@ -103,10 +109,14 @@ class CollectionManager:
         if self.coordination is not None:
             self._follower = threading.Thread(target=self._follow, name="annserve-follower", daemon=True)
             self._follower.start()
+        if self.worker_stats is not None:
+            self.worker_stats.start()
         self.is_ready = True
 
     def close(self) -> None:
         """Stop the triggers, let a running rebuild stop, close every store. Idempotent."""
+        if self.worker_stats is not None and not self._closed:
+            self.worker_stats.close()  # a last publication, while the collections still count
         with self._lock:
             if self._closed:
                 return

@@ -203,6 +203,9 @@ class RecallMonitor:
         self._lock = threading.Lock()
         self._window: deque[float] = deque(maxlen=window)
         self._window_k: deque[int] = deque(maxlen=window)
+        # When each sample was measured: several workers' windows merge into one by time
+        # (worker_stats.py).
+        self._window_t: deque[float] = deque(maxlen=window)
         # Kept as they change, so that a scrape of many collections reads two numbers each.
         self._window_sum = 0.0
         self._k_counts: Counter[int] = Counter()
@@ -264,6 +267,7 @@ class RecallMonitor:
                     self._k_counts[self._window_k[0]] -= 1
                 self._window.append(value)
                 self._window_k.append(k)
+                self._window_t.append(now)
                 self._window_sum += value
                 self._k_counts[k] += 1
                 self._appended += 1
@@ -285,18 +289,21 @@ class RecallMonitor:
             recall = self._window_sum / n if n else None
             k = max(self._k_counts, key=self._k_counts.__getitem__) if n else None
             samples, dropped, last = self.samples, self.dropped, self.last_sampled_at
-        return {
-            "recall_at_k": None if recall is None else round(min(max(recall, 0.0), 1.0), 6),
-            "k": k,
-            "samples": n,
-            "window": self._window.maxlen,
-            "samples_total": samples,
-            "dropped_total": dropped,
-            "sample_rate": self.sampler.rate if self.sampler else 0.0,
-            "last_sampled_at": (
-                datetime.fromtimestamp(last, timezone.utc).isoformat() if last is not None else None
-            ),
-        }
+        return recall_summary(recall, k, n, self._window.maxlen, samples, dropped,
+                              self.sampler.rate if self.sampler else 0.0, last)
+
+    def export(self) -> dict[str, Any]:
+        """Everything the monitor counts, as plain lists and numbers (for the other workers:
+        worker_stats.py): the window as three columns, oldest first: when each sample was
+        measured (Unix seconds), its recall, its k."""
+        with self._lock:
+            return {
+                "window_t": list(self._window_t), "window": list(self._window), "window_k": list(self._window_k),
+                "histogram": self.histogram.export(),
+                "samples": self.samples,
+                "dropped": self.dropped,
+                "last_sampled_at": self.last_sampled_at,
+            }
 
     def histogram_copy(self) -> Histogram:
         with self._lock:
@@ -308,6 +315,25 @@ class RecallMonitor:
             if len(self._recent) < minimum:
                 return None
             return np.stack(list(self._recent))
+
+
+def recall_summary(
+    recall: float | None, k: int | None, samples: int, window: int, samples_total: int, dropped_total: int,
+    sample_rate: float, last_sampled_at: float | None,
+) -> dict[str, Any]:
+    """The answer of `GET /collections/{c}/recall` (without the collection's settings)."""
+    return {
+        "recall_at_k": None if recall is None else round(min(max(recall, 0.0), 1.0), 6),
+        "k": k,
+        "samples": samples,
+        "window": window,
+        "samples_total": samples_total,
+        "dropped_total": dropped_total,
+        "sample_rate": sample_rate,
+        "last_sampled_at": (
+            datetime.fromtimestamp(last_sampled_at, timezone.utc).isoformat() if last_sampled_at is not None else None
+        ),
+    }
 
 
 def check_policy(recall_target: Any, recall_floor: Any, auto_tune: Any) -> None:

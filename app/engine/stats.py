@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .build import Cancelled
+from .errors import NotFound
 
 if TYPE_CHECKING:
     from .collection import Collection
@@ -70,6 +71,18 @@ class Histogram:
         both._counts = [a + b for a, b in zip(both._counts, other._counts)]
         both.sum, both.count = both.sum + other.sum, both.count + other.count
         return both
+
+    def export(self) -> dict:
+        """Plain numbers (JSON), for `from_export`."""
+        return {"bounds": list(self.bounds), "counts": list(self._counts), "sum": self.sum, "count": self.count}
+
+    @classmethod
+    def from_export(cls, data: dict) -> Histogram:
+        histogram = cls(data["bounds"])
+        if len(data["counts"]) != len(histogram._counts):
+            raise ValueError(f"histogram counts: expected {len(histogram._counts)}, got {len(data['counts'])}")
+        histogram._counts, histogram.sum, histogram.count = list(data["counts"]), data["sum"], data["count"]
+        return histogram
 
     def copy(self) -> Histogram:
         twin = Histogram(self.bounds)
@@ -166,10 +179,16 @@ class ShardLook:
     payload_bytes: int = 0  # the payload index (filters): its arrays and distinct strings
 
 
-def look_at_shards(collection: Collection) -> list[ShardLook]:
-    """Every shard's sizes now (the metrics collector's view of the engine's insides)."""
+def look_at_shards(collection: Collection, catch_up: bool = False) -> list[ShardLook]:
+    """Every shard's sizes now (the metrics collector's view of the engine's insides);
+    `catch_up`: after applying what other processes committed (several workers)."""
     looks = []
     for shard in collection._shards:
+        if catch_up:
+            try:
+                shard.catch_up()
+            except NotFound:
+                continue  # deleted by another worker a moment ago: the next scrape lists it no more
         counts = shard.counts()
         main = shard.main  # immutable once installed; read once
         looks.append(ShardLook(

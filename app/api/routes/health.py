@@ -6,7 +6,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..schemas import Status, error_responses
+import os
+
+from ...engine.worker_stats import resident_memory_bytes
+from ..schemas import Status, WorkersInfo, error_responses
 
 router = APIRouter(tags=["health"])
 
@@ -32,3 +35,19 @@ async def readyz(request: Request) -> dict | JSONResponse:
 def metrics(request: Request) -> Response:
     """Prometheus text format: requests, latencies, items per collection."""
     return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/workers", response_model=WorkersInfo, responses=error_responses(503))
+def workers(request: Request) -> dict | JSONResponse:
+    """The processes serving this port and their resident memory (`annserve serve --workers N`;
+    one entry with one process). A plain `def`: reading every worker's figures touches files."""
+    manager = request.app.state.manager
+    if manager is None or not manager.is_ready:
+        return JSONResponse({"detail": request.app.state.not_ready_reason()}, status_code=503)
+    pid = os.getpid()
+    if manager.worker_stats is None:
+        listed = [{"pid": pid, "resident_memory_bytes": resident_memory_bytes(pid)}]
+    else:
+        listed = [{"pid": w["pid"], "resident_memory_bytes": w["resident_memory_bytes"]}
+                  for w in manager.worker_stats.merged().workers]
+    return {"answered_by": pid, "workers": listed}

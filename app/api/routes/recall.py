@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter
 
 from ...engine.tuning import tune
-from ..deps import CollectionDep, SettingsDep
+from ..deps import CollectionDep, ManagerDep, SettingsDep
 from ..schemas import CollectionInfo, CollectionPatch, RecallInfo, TuneAnswer, TuneRequest, error_responses
 from ..transport.raw_body import JsonBody, raw_body
 
@@ -23,10 +23,12 @@ admin_router = APIRouter(prefix="/collections", tags=["recall"])
 
 
 @read_router.get("/{name}/recall", response_model=RecallInfo, responses=error_responses(404))
-def get_recall(collection: CollectionDep) -> dict:
-    """Online recall@k: the mean over the last `window` sampled live searches, each re-run exactly."""
+def get_recall(collection: CollectionDep, manager: ManagerDep) -> dict:
+    """Online recall@k: the mean over the last `window` sampled live searches, each re-run exactly
+    (with several workers, the newest `window` samples of them all: the same figure from each)."""
+    merged = manager.worker_stats.merged().of(collection) if manager.worker_stats is not None else None
     return {
-        **collection.recall.summary(),
+        **(merged.recall if merged is not None else collection.recall.summary()),
         "target": collection.spec.recall_target,
         "floor": collection.spec.recall_floor,
     }

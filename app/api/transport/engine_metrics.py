@@ -28,6 +28,12 @@ Families (all prefixed `annserve_`):
   recall_last_sample_timestamp_seconds
   search_param_<knob>{collection,kind}             the knob in force (ef, nprobe, ...)
   recall_queue_depth, recall_queue_capacity_samples, recall_sample_rate_ratio   the sampler
+  worker_resident_memory_bytes{pid}                with several workers: each live one's RSS
+
+With several workers (`annserve serve --workers N`) the counters, histograms and the recall
+window are every worker's merged (engine/worker_stats.py): whichever worker answers the scrape
+gives the same figures. The gauges of a shard's state (items, tombstones, memory, knobs) are
+the answering worker's, after it caught up with what the others committed.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from typing import Any
 
 from ...engine.stats import Histogram, built_at_seconds, look_at_shards
 from ...engine.tuning import KNOBS
+from ...engine.worker_stats import MergedCollection, MergedView
 
 KNOB_NAMES = sorted({knob for knobs in KNOBS.values() for knob in knobs})
 
@@ -77,6 +84,8 @@ FAMILIES: list[tuple[str, str, str]] = [
     ("annserve_recall_queue_depth", "gauge", "Sampled queries waiting for their exact re-run"),
     ("annserve_recall_queue_capacity_samples", "gauge", "Size of the sample queue (ANNSERVE_RECALL_QUEUE_SIZE)"),
     ("annserve_recall_sample_rate_ratio", "gauge", "Share of live queries sampled (ANNSERVE_RECALL_SAMPLE_RATE)"),
+    ("annserve_worker_resident_memory_bytes", "gauge", "Resident memory of each live worker process "
+     "(`annserve serve --workers N`; absent with one process: see process_resident_memory_bytes)"),
 ]
 
 
@@ -99,18 +108,29 @@ class EngineMetrics:
     """Renders the engine's families for `collections()` (the live collections; empty while
     the service starts)."""
 
-    def __init__(self, collections: Callable[[], Iterable[Any]]) -> None:
+    def __init__(self, collections: Callable[[], Iterable[Any]],
+                 workers: Callable[[], MergedView | None] = lambda: None) -> None:
+        """`workers()`: every worker's figures merged (engine/worker_stats.py), None with one process."""
         self._collections = collections
+        self._workers = workers
 
     def render(self) -> bytes:
         out: dict[str, list[str]] = {name: [] for name, _, _ in FAMILIES}
         sampler = None
         batch: Histogram | None = None
+        view = self._workers()
         for collection in self._collections():
             sampler = collection.recall.sampler or sampler
-            stats = collection.stats.copy()
+            merged = view.of(collection) if view is not None else None
+            stats = merged.stats if merged is not None else collection.stats.copy()
             batch = stats.batch_queries if batch is None else batch.plus(stats.batch_queries)
-            self._one(collection, stats, out)
+            self._one(collection, stats, merged, out)
+        if view is not None:
+            for worker in view.workers:
+                if worker["resident_memory_bytes"] is not None:
+                    out["annserve_worker_resident_memory_bytes"].append(
+                        f'annserve_worker_resident_memory_bytes{{pid="{worker["pid"]}"}} '
+                        f'{worker["resident_memory_bytes"]}\n')
         if batch is not None:
             _histogram(out["annserve_search_batch_queries"], "annserve_search_batch_queries", "", batch)
         if sampler is not None:
@@ -126,10 +146,11 @@ class EngineMetrics:
         return "".join(text).encode()
 
     @staticmethod
-    def _one(collection: Any, stats: Any, out: dict[str, list[str]]) -> None:
+    def _one(collection: Any, stats: Any, merged: MergedCollection | None, out: dict[str, list[str]]) -> None:
         c = f'collection="{collection.name}"'
         kind = None
-        for shard_no, look in enumerate(look_at_shards(collection)):
+        # With several workers, catch up first: the items are the store's, not this worker's lag.
+        for shard_no, look in enumerate(look_at_shards(collection, catch_up=merged is not None)):
             kind = kind or look.kind
             s = f'{c},shard="{shard_no}"'
             out["annserve_collection_items"] += [
@@ -166,16 +187,18 @@ class EngineMetrics:
                 f"annserve_rebuild_last_success_timestamp_seconds{{{c}}} {_number(built)}\n")
 
         recall = collection.recall
-        summary = recall.summary()
+        summary = merged.recall if merged is not None else recall.summary()
+        histogram = merged.recall_histogram if merged is not None else recall.histogram_copy()
+        last_sampled_at = merged.last_sampled_at if merged is not None else recall.last_sampled_at
         if summary["recall_at_k"] is not None:
             out["annserve_recall_ratio"].append(f"annserve_recall_ratio{{{c}}} {_number(summary['recall_at_k'])}\n")
         out["annserve_recall_window_samples"].append(f"annserve_recall_window_samples{{{c}}} {summary['samples']}\n")
-        _histogram(out["annserve_recall_query_ratio"], "annserve_recall_query_ratio", c + ",", recall.histogram_copy())
+        _histogram(out["annserve_recall_query_ratio"], "annserve_recall_query_ratio", c + ",", histogram)
         out["annserve_recall_samples_total"].append(f"annserve_recall_samples_total{{{c}}} {summary['samples_total']}\n")
         out["annserve_recall_dropped_total"].append(f"annserve_recall_dropped_total{{{c}}} {summary['dropped_total']}\n")
-        if recall.last_sampled_at is not None:
+        if last_sampled_at is not None:
             out["annserve_recall_last_sample_timestamp_seconds"].append(
-                f"annserve_recall_last_sample_timestamp_seconds{{{c}}} {_number(recall.last_sampled_at)}\n")
+                f"annserve_recall_last_sample_timestamp_seconds{{{c}}} {_number(last_sampled_at)}\n")
 
         kind = kind or collection.spec.kind
         for knob, value in collection.search_params_in_force().items():

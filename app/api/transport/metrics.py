@@ -33,8 +33,9 @@ _LOOP_LAG_BUCKETS = (
 
 
 class ServiceMetrics:
-    def __init__(self, collections: Callable[[], Iterable[Any]]) -> None:
-        """`collections()` gives the live collections (empty while the service is starting)."""
+    def __init__(self, collections: Callable[[], Iterable[Any]], workers: Callable[[], Any] = lambda: None) -> None:
+        """`collections()` gives the live collections (empty while the service is starting);
+        `workers()` every worker's figures merged (engine/worker_stats.py), None with one process."""
         disable_created_metrics()  # `_created` series double the output and nobody graphs them
         self.registry = CollectorRegistry()
         # Several workers (app/serve.py): prometheus-client's multiprocess mode keeps each
@@ -64,7 +65,7 @@ class ServiceMetrics:
             buckets=_LOOP_LAG_BUCKETS,
             registry=self.registry,
         )
-        self.engine = EngineMetrics(collections)  # the engine's state, read per scrape
+        self.engine = EngineMetrics(collections, workers)  # the engine's state, read per scrape
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def exposition(self) -> bytes:
