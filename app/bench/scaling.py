@@ -61,6 +61,7 @@ class SizeResult:
     rss_bytes: int  # after ingest, the rebuild and the searches
     empty_rss_bytes: int  # the same server just started, before any collection
     restart_rss_bytes: int  # after the restart and its first search: main loaded, never built here
+    rss_file_bytes: int  # of rss_bytes, pages mapped from files (libraries, SQLite): RssFile
     index_bytes: int
     vector_bytes: int
     restart_s: float
@@ -167,12 +168,12 @@ def plot(results: list[SizeResult], path: Path, title: str) -> None:
 # ---- measurements against a real server -----------------------------------------------------
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident set size of process `pid` (VmRSS in /proc/PID/status)."""
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """Resident set size of process `pid` (VmRSS in /proc/PID/status; or RssAnon, RssFile)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/{pid}/status has no VmRSS line")
+    raise RuntimeError(f"/proc/{pid}/status has no {field} line")
 
 
 def index_memory(client: httpx.Client, name: str) -> int:
@@ -247,6 +248,7 @@ def measure_size(
             if one["failures"] or many["failures"]:
                 raise RuntimeError(f"wrk saw failures: {one['failures']} at 1 conn, {many['failures']} at {connections}")
             rss, index = rss_bytes(server.proc.pid), index_memory(client, COLLECTION)
+            rss_file = rss_bytes(server.proc.pid, "RssFile")
         finally:
             client.close()
         restart, restart_rss = restart_seconds(server, bodies[0])
@@ -254,7 +256,7 @@ def measure_size(
         server.stop()
     shutil.rmtree(here, ignore_errors=True)
     result = SizeResult(n, data.dim, build_s, ef, recall, one["p50_ms"], many["rps"], cpu_per * 1e6,
-                        rss, empty_rss, restart_rss, index, vector_bytes(n, data.dim), restart)  # fmt: skip
+                        rss, empty_rss, restart_rss, rss_file, index, vector_bytes(n, data.dim), restart)  # fmt: skip
     print(f"  {n:,}: " + table([result])[1].strip())
     return result
 
