@@ -1,8 +1,8 @@
 """`annserve bench-scaling`: how the service scales with the data (issue 11).
 
-For each size in `--sizes` (default 50,000, 200,000 and 399,000 rows of GloVe 6B 50d, cosine: all 400,000 but
-the 1,000 held-out queries), a
-fresh `annserve serve` (one worker, its own data directory):
+For each size in `--sizes` (default 50,000, 200,000 and 399,000 rows of GloVe 6B 50d, cosine:
+all 400,000 but the 1,000 held-out queries), a fresh `annserve serve` (one worker, its own data
+directory):
 
 - ingest over HTTP (base64 batches), then one rebuild of main (hnswlib), timed
 - the smallest ef reaching recall@10 >= `--target-recall` against exact ground truth
