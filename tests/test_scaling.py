@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annserve.bench.scaling import SizeResult, parse_sizes, table, vector_bytes, write_csv
+from annserve.bench.scaling import SizeResult, marginal_lines, parse_sizes, table, vector_bytes, write_csv
 
 DATA = Path(__file__).parent / "data"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -57,6 +57,16 @@ def test_table_marks_a_ratio_over_target_and_csv_holds_every_figure(tmp_path):
     assert [int(r["n"]) for r in rows] == [1000, 2000]
     assert [float(r["ratio"]) for r in rows] == [1.25, 3.75]
     assert float(rows[0]["restart_rss_per_item"]) == 30_000
+
+
+def test_marginal_cost_per_item_cancels_a_constant_overhead():
+    small = a_result()  # 50M above empty for 40M of index + vectors
+    big = a_result(n=3000, rss_bytes=390_000_000, restart_rss_bytes=350_000_000, index_bytes=90_000_000,
+                   vector_bytes=30_000_000)  # 2000 items more: +90M RSS, +70M after a restart, +80M expected
+    (line,) = marginal_lines([small, big])
+    assert line == ("1,000 -> 3,000: each added item 45,000 B of RSS (35,000 B after a restart) "
+                    "against 40,000 B of index + vector: 1.12x")
+    assert marginal_lines([small]) == []
 
 
 @pytest.mark.integration

@@ -129,6 +129,20 @@ def table(results: list[SizeResult]) -> list[str]:
     return lines
 
 
+def marginal_lines(results: list[SizeResult]) -> list[str]:
+    """Between consecutive sizes, what each added item cost in RSS against what its index share
+    and vector should (a constant overhead, whatever the size, cancels out here)."""
+    lines = []
+    for small, big in zip(results, results[1:]):
+        items = big.n - small.n
+        rss = (big.rss_bytes - small.rss_bytes) / items
+        expected = (big.index_bytes + big.vector_bytes - small.index_bytes - small.vector_bytes) / items
+        restart = (big.restart_rss_bytes - small.restart_rss_bytes) / items
+        lines.append(f"{small.n:,} -> {big.n:,}: each added item {rss:,.0f} B of RSS ({restart:,.0f} B after a "
+                     f"restart) against {expected:,.0f} B of index + vector: {rss / expected:.2f}x")  # fmt: skip
+    return lines
+
+
 def write_csv(results: list[SizeResult], path: Path) -> None:
     names = [f.name for f in fields(SizeResult)]
     names += ["rss_per_item", "restart_rss_per_item", "expected_per_item", "ratio"]
@@ -301,7 +315,7 @@ def bench_scaling(
     title = f"annserve bench-scaling: {data.name} {data.dim}-d {data.metric}, hnswlib, 1 worker"
     print(f"\n{title}; recall@{K} >= {target_recall}; {connections} conns for search/s")
     print(f"machine: {os.cpu_count()} CPUs, load average {load_before} before, {os.getloadavg()[0]:.1f} after")
-    for line in table(results):
+    for line in table(results) + marginal_lines(results):
         print(line)
     write_csv(results, out / "scaling.csv")
     plot(results, out / "scaling.png", title)
