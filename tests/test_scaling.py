@@ -20,7 +20,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def a_result(**changes) -> SizeResult:
     figures = dict(n=1000, dim=50, build_s=1.0, ef=24, recall=0.96, p50_ms=0.4, rps=5000.0,
                    cpu_per_search_us=150.0, rss_bytes=300_000_000, empty_rss_bytes=250_000_000,
-                   restart_rss_bytes=280_000_000, rss_file_bytes=40_000_000, index_bytes=30_000_000, vector_bytes=10_000_000,
+                   restart_rss_bytes=280_000_000, rss_file_bytes=40_000_000, index_bytes=30_000_000,
+                   vector_bytes=10_000_000,
                    restart_s=1.5)  # fmt: skip
     return SizeResult(**{**figures, **changes})
 

@@ -261,7 +261,9 @@ def measure_size(
             many = wrk(wrk_exe, url, bodies, here, connections, seconds)
             cpu_per = (server.cpu_seconds() - cpu) / max(many["requests"], 1)
             if one["failures"] or many["failures"]:
-                raise RuntimeError(f"wrk saw failures: {one['failures']} at 1 conn, {many['failures']} at {connections}")
+                raise RuntimeError(
+                    f"wrk saw failures: {one['failures']} at 1 conn, {many['failures']} at {connections}"
+                )
             rss, index = rss_bytes(server.proc.pid), index_memory(client, COLLECTION)
             rss_file = rss_bytes(server.proc.pid, "RssFile")
         finally:
