@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import gc
 import logging
 from functools import cache
 
@@ -29,10 +28,11 @@ def _malloc_trim():
 
 
 def release_freed_memory() -> bool:
-    """Collect Python's cycles, then hand the C heap's free pages back to the OS. True when
-    malloc_trim ran (glibc). Takes milliseconds to tens of ms on a big heap: call it after a
-    rebuild, never on a search's path."""
-    gc.collect()
+    """Hand the C heap's free pages back to the OS; True when malloc_trim ran (glibc). Takes
+    milliseconds to tens of ms on a big heap, without the GIL (ctypes releases it), so the event
+    loop runs meanwhile; no gc.collect() here: it would hold the GIL, and the build's copies are
+    numpy arrays that go with their last reference. Call it after a rebuild, never on a search's
+    path."""
     trim = _malloc_trim()
     if trim is None:
         return False
