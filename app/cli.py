@@ -20,6 +20,7 @@ LAZY_COMMANDS = {
     "bench": ("annserve.bench", "bench"),
     "bench-http": ("annserve.bench.http", "bench_http"),
     "bench-load": ("annserve.bench.load", "bench_load"),
+    "bench-scaling": ("annserve.bench.scaling", "bench_scaling"),  # p50, RSS per item, restart by size
     "bench-cluster": ("annserve.cluster.bench", "bench_cluster"),  # router overhead and fan-out
     "restore": ("annserve.restore", "restore"),
 }

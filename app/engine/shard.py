@@ -472,6 +472,10 @@ class Shard:
         covered = self.labels.view().live_labels(after=self.main_max, upto=new.max_label)
         if len(covered):
             self.fresh.remove(covered)
+        if len(covered) and not len(self.fresh):
+            # FAISS's remove_ids shrinks its vectors' size, never their capacity (nor the id
+            # map's hash table): a drained fresh would keep every ingested vector's bytes.
+            self.fresh = create_index("flat", self.dim, self.metric)
         self.main, self.main_max = new.index, new.max_label
         self.main_built_at = new.built_at or datetime.now(timezone.utc)
         self.main_recall = new.recall
