@@ -57,9 +57,13 @@ class PgvectorPeer(Peer):
             os.chown(self.home, nobody.pw_uid, nobody.pw_gid)
             user = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
             if not _reachable_by_others(bin_dir):  # pgserver installed under /root (0700), say
-                copied = self.home / "pginstall"  # 40 MB, a second's copy
-                shutil.copytree(bin_dir.parent, copied, symlinks=True)
-                bin_dir = copied / "bin"
+                # 40 MB, a second's copy, laid out as installed: the binaries find their
+                # libraries at $ORIGIN/../../../pgserver.libs.
+                package = bin_dir.parent.parent
+                copied = self.home / "site" / package.name
+                shutil.copytree(bin_dir.parent, copied / "pginstall", symlinks=True)
+                shutil.copytree(package.parent / "pgserver.libs", copied.parent / "pgserver.libs", symlinks=True)
+                bin_dir = copied / "pginstall" / "bin"
         data, log = self.home / "data", workdir / "postgres.log"
         initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
         subprocess.run(initdb, check=True, capture_output=True, cwd=self.home, **user)
