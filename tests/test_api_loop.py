@@ -32,6 +32,21 @@ DIM = 384
 ATTEMPTS = 3
 
 
+def fastest_healthz(client, waiting) -> tuple:
+    """The fastest of ATTEMPTS /healthz calls (answer, seconds) among those that ended while the
+    search still waited (`waiting()`); (None, inf) when none did. A loop held by the search would
+    hold every call until the search ends; one slow call alone is a pause of the test process
+    (a garbage collection late in the suite took 148 ms once)."""
+    best = (None, float("inf"))
+    for _ in range(ATTEMPTS):
+        start = time.perf_counter()
+        health = client.get("/healthz")
+        took = time.perf_counter() - start
+        if waiting() and took < best[1]:
+            best = (health, took)
+    return best
+
+
 def test_healthz_answers_while_a_search_waits_behind_a_writer(tmp_path):
     """A writer holds the shard's state lock: the search must not wait for it on the event
     loop (it could run there when nothing is in its way: batching.py), so /healthz answers."""
@@ -59,15 +74,13 @@ def test_healthz_answers_while_a_search_waits_behind_a_writer(tmp_path):
             assert held.wait(10)
             searcher.start()
             time.sleep(0.3)  # the search has reached the engine and waits for the writer
-            start = time.perf_counter()
-            health = client.get("/healthz")
-            took = time.perf_counter() - start
+            health, took = fastest_healthz(client, lambda: "r" not in answer)
         finally:
             release.set()
             holder.join(30)
             searcher.join(30)
-        assert health.status_code == 200
         assert took < HEALTHZ_WITHIN, f"/healthz took {took * 1e3:.0f} ms while a search waited for a writer"
+        assert health.status_code == 200
         assert answer["r"].status_code == 200 and answer["r"].json()["results"][0]["id"] == "a"
 
 
@@ -101,14 +114,12 @@ def test_healthz_answers_while_a_search_waits_in_the_engine(tmp_path):
         searcher.start()
         try:
             assert entered.wait(10), "the search never reached the engine"
-            start = time.perf_counter()
-            health = client.get("/healthz")
-            took = time.perf_counter() - start
+            health, took = fastest_healthz(client, lambda: "r" not in answer)
         finally:
             release.set()
             searcher.join(30)
-        assert health.status_code == 200
         assert took < HEALTHZ_WITHIN, f"/healthz took {took * 1e3:.0f} ms while a search waited in the engine"
+        assert health.status_code == 200
         assert answer["r"].status_code == 200 and answer["r"].json()["results"][0]["id"] == "a"
 
 
