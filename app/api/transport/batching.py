@@ -25,10 +25,11 @@ default): at most ON_LOOP_ROWS queries, approximate, unfiltered, without payload
 one-shard collections whose shard says nothing is in its way (`Collection.can_search_at_once`:
 no writer at its lock, no catch-up from other processes pending). Anything else hops as before.
 The hand-off it spares cost ~130 us of CPU and ~0.15 ms per lone query; measured side by side
-(16 connections, wrk, 60K x 384 hnswlib, ef 12, 3 rounds each): one process 178-182 us of server
-CPU per search on the loop against 191-197 us with the hop, at the same throughput; two workers
-7,304-8,116 searches/s at 221-240 us against 4,332-7,130/s at 255-285 us. Only the hnswlib ef
-gate is not asked: a tune (admin) running meanwhile can hold such a search back.
+(16 connections, wrk, 60K x 384 hnswlib, ef 12, 3 rounds each; README, "A leaner request"): one
+process 168-179 us of server CPU per search on the loop against 198-204 us with the hop, at about
+the same throughput. The cap keeps the loop's stall per call near 0.4 ms; bigger micro-batches
+amortise the hand-off anyway. Only the hnswlib ef gate is not asked: a tune (admin) running
+meanwhile can hold such a search back.
 """
 
 from __future__ import annotations
