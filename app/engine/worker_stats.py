@@ -118,6 +118,17 @@ class MergedView:
         return self.collections.get((collection.name, collection.spec.created_at))
 
 
+def figures_of(collection: Collection, view: MergedView | None) -> MergedCollection:
+    """A collection's counters and recall as a reader reports them: every worker's merged when
+    `view` (several workers) knows it, else this process's own (one worker, or a collection
+    created a moment ago that no worker has published yet)."""
+    merged = view.of(collection) if view is not None else None
+    if merged is not None:
+        return merged
+    recall = collection.recall
+    return MergedCollection(collection.stats.copy(), recall.summary(), recall.histogram_copy(), recall.last_sampled_at)
+
+
 class WorkerStats:
     """This worker's publication, and the merge of every worker's. `start()`, then `close()`."""
 

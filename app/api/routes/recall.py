@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter
 
 from ...engine.tuning import tune
+from ...engine.worker_stats import figures_of
 from ..deps import CollectionDep, ManagerDep, SettingsDep
 from ..schemas import CollectionInfo, CollectionPatch, RecallInfo, TuneAnswer, TuneRequest, error_responses
 from ..transport.raw_body import JsonBody, raw_body
@@ -26,9 +27,9 @@ admin_router = APIRouter(prefix="/collections", tags=["recall"])
 def get_recall(collection: CollectionDep, manager: ManagerDep) -> dict:
     """Online recall@k: the mean over the last `window` sampled live searches, each re-run exactly
     (with several workers, the newest `window` samples of them all: the same figure from each)."""
-    merged = manager.worker_stats.merged().of(collection) if manager.worker_stats is not None else None
+    view = manager.worker_stats.merged() if manager.worker_stats is not None else None
     return {
-        **(merged.recall if merged is not None else collection.recall.summary()),
+        **figures_of(collection, view).recall,
         "target": collection.spec.recall_target,
         "floor": collection.spec.recall_floor,
     }

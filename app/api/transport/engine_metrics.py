@@ -44,7 +44,7 @@ from typing import Any
 
 from ...engine.stats import Histogram, built_at_seconds, look_at_shards
 from ...engine.tuning import KNOBS
-from ...engine.worker_stats import MergedCollection, MergedView
+from ...engine.worker_stats import MergedCollection, MergedView, figures_of
 
 KNOB_NAMES = sorted({knob for knobs in KNOBS.values() for knob in knobs})
 
@@ -121,10 +121,10 @@ class EngineMetrics:
         view = self._workers()
         for collection in self._collections():
             sampler = collection.recall.sampler or sampler
-            merged = view.of(collection) if view is not None else None
-            stats = merged.stats if merged is not None else collection.stats.copy()
+            figures = figures_of(collection, view)
+            stats = figures.stats
             batch = stats.batch_queries if batch is None else batch.plus(stats.batch_queries)
-            self._one(collection, stats, merged, out)
+            self._one(collection, figures, view is not None, out)
         if view is not None:
             for worker in view.workers:
                 if worker["resident_memory_bytes"] is not None:
@@ -146,11 +146,13 @@ class EngineMetrics:
         return "".join(text).encode()
 
     @staticmethod
-    def _one(collection: Any, stats: Any, merged: MergedCollection | None, out: dict[str, list[str]]) -> None:
+    def _one(collection: Any, figures: MergedCollection, shared: bool, out: dict[str, list[str]]) -> None:
+        """One collection's series; `shared`: several workers serve the data directory."""
         c = f'collection="{collection.name}"'
+        stats = figures.stats
         kind = None
         # With several workers, catch up first: the items are the store's, not this worker's lag.
-        for shard_no, look in enumerate(look_at_shards(collection, catch_up=merged is not None)):
+        for shard_no, look in enumerate(look_at_shards(collection, catch_up=shared)):
             kind = kind or look.kind
             s = f'{c},shard="{shard_no}"'
             out["annserve_collection_items"] += [
@@ -186,10 +188,7 @@ class EngineMetrics:
             out["annserve_rebuild_last_success_timestamp_seconds"].append(
                 f"annserve_rebuild_last_success_timestamp_seconds{{{c}}} {_number(built)}\n")
 
-        recall = collection.recall
-        summary = merged.recall if merged is not None else recall.summary()
-        histogram = merged.recall_histogram if merged is not None else recall.histogram_copy()
-        last_sampled_at = merged.last_sampled_at if merged is not None else recall.last_sampled_at
+        summary, histogram, last_sampled_at = figures.recall, figures.recall_histogram, figures.last_sampled_at
         if summary["recall_at_k"] is not None:
             out["annserve_recall_ratio"].append(f"annserve_recall_ratio{{{c}}} {_number(summary['recall_at_k'])}\n")
         out["annserve_recall_window_samples"].append(f"annserve_recall_window_samples{{{c}}} {summary['samples']}\n")
