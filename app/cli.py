@@ -58,10 +58,26 @@ def serve(
     ),
 ) -> None:
     """Start the HTTP service with its embedded store (nothing else to start)."""
+    from pydantic import ValidationError
+
     from .serve import run
 
     overrides = {"host": host, "port": port, "data_dir": data_dir, "workers": workers}
-    run({name: value for name, value in overrides.items() if value is not None})
+    try:
+        run({name: value for name, value in overrides.items() if value is not None})
+    except ValidationError as exc:  # a bad ANNSERVE_* value: say which and why, not a traceback
+        typer.echo(f"error: {settings_problems(exc)}", err=True)
+        raise typer.Exit(2) from None
+
+
+def settings_problems(exc: Any) -> str:
+    """A pydantic ValidationError of `Settings` as one line naming each variable, its problem
+    and the value that came."""
+    parts = []
+    for error in exc.errors():
+        name = "ANNSERVE_" + "_".join(str(part) for part in error["loc"]).upper()
+        parts.append(f"{name}: {error['msg']}, got {error.get('input')!r}")
+    return "; ".join(parts)
 
 
 def _register_client_commands() -> None:

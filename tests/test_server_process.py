@@ -94,3 +94,22 @@ def test_serve_rebuild_crash_restart(server, glove):
     exact = search_ids(client, probes, exact=True)
     assert recall(search_ids(client, probes), exact) >= RECALL_FLOOR
     client.close()
+
+
+def test_a_bad_setting_stops_the_start_with_its_name_not_a_traceback(tmp_path):
+    """`annserve serve` with an ANNSERVE_* value pydantic cannot read: exit 2, one line naming
+    the variable and the value, no traceback."""
+    import os
+    import subprocess
+
+    from annserve.cli import own_command
+
+    env = {**os.environ, "ANNSERVE_SEARCH_ON_LOOP": "maybe", "ANNSERVE_PORT": "99999"}
+    run = subprocess.run(
+        [*own_command(), "serve", "--data-dir", str(tmp_path / "data"), "--workers", "1"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "ANNSERVE_SEARCH_ON_LOOP" in run.stderr and "'maybe'" in run.stderr, run.stderr
+    assert "ANNSERVE_PORT" in run.stderr and "99999" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr + run.stdout
