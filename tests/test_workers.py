@@ -287,6 +287,11 @@ def test_every_worker_answers_the_same_summed_counters_and_recall(sampled_server
 
 def test_memory_of_every_live_worker_is_listed(server):
     url = server.url
+    # Every worker has joined once it is ready; before that the first to start may be alone.
+    def every_worker_ready():
+        assert {r.status_code for r in on_each_worker(url, "GET", "/readyz").values()} == {200}
+
+    until(every_worker_ready)
     answers = on_each_worker(url, "GET", "/metrics")
     pids = set(answers)
     for pid, r in answers.items():

@@ -236,15 +236,13 @@ class WorkerStats:
     def merged(self) -> MergedView:
         """Every worker's figures, this one's taken now (its file is the publisher thread's job)."""
         everyone = [self.snapshot(), *self._read_others()]
-        alive = set(self._coordination.alive_pids())
+        # Every live worker is listed, also one that joined but has not published yet.
+        published = {int(snap["pid"]): snap["resident_memory_bytes"] for snap in everyone}
         view = MergedView()
-        for snap in everyone:
-            pid = int(snap["pid"])
-            if pid in alive:
-                memory = resident_memory_bytes(pid)
-                view.workers.append({"pid": pid, "alive": True, "resident_memory_bytes":
-                                     memory if memory is not None else snap["resident_memory_bytes"]})
-        view.workers.sort(key=lambda w: w["pid"])
+        for pid in self._coordination.alive_pids():
+            memory = resident_memory_bytes(pid)
+            view.workers.append({"pid": pid, "alive": True, "resident_memory_bytes":
+                                 memory if memory is not None else published.get(pid)})
         grouped: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
         for snap in everyone:
             for name, c in snap["collections"].items():
