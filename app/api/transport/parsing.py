@@ -17,13 +17,13 @@ thread hands the GIL back to the loop between steps.
 
 from __future__ import annotations
 
-import base64
 import binascii
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
 import orjson
+import pybase64
 from fastapi import Response
 from fastapi.concurrency import run_in_threadpool
 
@@ -184,7 +184,9 @@ def decode_b64(value: Any, dim: int, what: str, rows: int | None = 1) -> bytes:
     if not isinstance(value, str):
         raise ValueError(f"{what}: expected a base64 string, got {_kind(value)}")
     try:
-        raw = base64.b64decode(value, validate=True)
+        # pybase64 (SIMD): 0.5 us for a 384-d row against the standard library's 4.5, which
+        # was a fifth of a base64 upsert's server CPU; the same strict alphabet and padding.
+        raw = pybase64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ValueError(
             f"{what}: expected base64 of little-endian float32, got invalid base64 ({exc})"
