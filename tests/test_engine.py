@@ -565,3 +565,28 @@ def test_bad_items_and_queries(manager):
     assert c.search(ok, 3) == [[], []]  # empty collection
     assert c.upsert(["a", "a"], np.array([[1, 0, 0, 0], [0, 1, 0, 0]]), [None, {"v": 2}]) == 1
     assert c.get("a")[1] == {"v": 2}  # last occurrence wins
+
+
+def test_a_big_search_of_one_shard_is_split_over_threads_and_answers_row_by_row(mixed, glove, monkeypatch):
+    import annserve.engine.collection as collection_module
+    from annserve.engine.shard import Shard
+
+    monkeypatch.setattr(collection_module, "CORES", 2)
+    monkeypatch.setattr(collection_module, "SPLIT_ABOVE_SECONDS", 0.0)  # split whatever the machine's speed
+    threads: set[str] = set()
+    search = Shard.search
+
+    def recording(self, *args, **kwargs):
+        threads.add(threading.current_thread().name)
+        return search(self, *args, **kwargs)
+
+    monkeypatch.setattr(Shard, "search", recording)
+    queries = glove.queries[:200]
+    # Two queries in three leave out their nearest item, which each piece must do for its own rows.
+    nearest = [mixed.search(queries[q : q + 1], 1)[0][0][0] for q in range(200)]
+    exclude = [nearest[q] if q % 3 else None for q in range(200)]
+    alone = [mixed.search(queries[q : q + 1], K, exclude=[exclude[q]], score_threshold=0.3)[0] for q in range(200)]
+    threads.clear()
+    together = mixed.search(queries, K, exclude=exclude, score_threshold=0.3)
+    assert len(threads) == 2, threads  # this thread and a search thread, a piece each
+    assert together == alone

@@ -57,12 +57,17 @@ log = logging.getLogger(__name__)
 
 SPEC_FILE = "collection.json"
 SPEC_FORMAT = 1
-# A rebuild compacts deleted items away once tombstones pass this share of main (and this
-# count): past it, main spends memory and over-fetch work on items that no longer exist.
 # A search whose part on each shard is expected to take less than this runs the shards in turn on
 # the caller's thread (see Collection._on_every_shard); the weight of a new time in the average.
 INLINE_BELOW_SECONDS = 0.0002
 SHARD_TIME_WEIGHT = 0.1
+# A search of one shard expected to take longer than this is split by rows over the cores (see
+# Collection._row_pieces); each piece keeps at least SPLIT_MIN_ROWS queries.
+SPLIT_ABOVE_SECONDS = 0.004
+SPLIT_MIN_ROWS = 16
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+# A rebuild compacts deleted items away once tombstones pass this share of main (and this
+# count): past it, main spends memory and over-fetch work on items that no longer exist.
 TOMBSTONE_SHARE = 0.25
 MIN_TOMBSTONES = 1000
 
@@ -315,17 +320,45 @@ class Collection:
         if nq == 0:
             return []
         fetch = k + 1 if exclude is not None else k  # one more, so that k remain without it
+        what = "exact" if exact else "index"
 
-        def one(shard: Shard) -> list[Candidates]:
-            if exact:
-                return shard.search_exact(queries, fetch, where)
-            return shard.search(queries, fetch, resolved, where)
+        def rows(lo: int, hi: int) -> list[Hits]:
+            part = queries[lo:hi]
 
-        parts = self._on_every_shard(one, nq, "exact" if exact else "index")
-        if not parts:
-            return [[] for _ in range(nq)]
-        hits = merge_hits(parts, k, self.metric, exclude)
-        return hits if score_threshold is None else over_threshold(hits, score_threshold, self.metric)
+            def one(shard: Shard) -> list[Candidates]:
+                if exact:
+                    return shard.search_exact(part, fetch, where)
+                return shard.search(part, fetch, resolved, where)
+
+            parts = self._on_every_shard(one, hi - lo, what)
+            if not parts:
+                return [[] for _ in range(hi - lo)]
+            hits = merge_hits(parts, k, self.metric, None if exclude is None else exclude[lo:hi])
+            return hits if score_threshold is None else over_threshold(hits, score_threshold, self.metric)
+
+        pieces = self._row_pieces(nq, what)
+        if pieces == 1:
+            return rows(0, nq)
+        bounds = np.linspace(0, nq, pieces + 1).astype(int).tolist()
+        others = [self._executor.submit(rows, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+        hits = rows(bounds[0], bounds[1])  # should it raise, the others just finish on their own
+        for future in others:
+            hits += future.result()
+        return hits
+
+    def _row_pieces(self, nq: int, what: str) -> int:
+        """Into how many pieces of rows to split a search of `nq` queries, each searched on its
+        own thread: one, unless the collection has one shard (several already run in parallel)
+        and the search is expected to take longer than SPLIT_ABOVE_SECONDS.
+
+        Why: a search thread runs its library single-threaded (threads.py), so a big batch over
+        one shard used one core while the others idled; every kind answers each query on its
+        own, so pieces searched apart give the same rows. Concurrent small searches never reach
+        the threshold: they keep the micro-batcher's single call."""
+        per_query = self._shard_seconds.get(what)
+        if len(self._shards) != 1 or CORES == 1 or per_query is None or per_query * nq < SPLIT_ABOVE_SECONDS:
+            return 1
+        return max(1, min(CORES, nq // SPLIT_MIN_ROWS))
 
     def can_search_at_once(self) -> bool:
         """Whether an unfiltered approximate search would start now without waiting for a
@@ -357,7 +390,10 @@ class Collection:
         as_search_thread()
         shards = self._shards
         if len(shards) == 1:
-            return work(shards[0])
+            start = time.perf_counter()
+            parts = work(shards[0])
+            self._observe_shard_time(what, (time.perf_counter() - start) / max(nq, 1))
+            return parts
         per_query = self._shard_seconds.get(what)
         if per_query is not None and per_query * nq < INLINE_BELOW_SECONDS:
             start = time.perf_counter()
