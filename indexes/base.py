@@ -129,14 +129,17 @@ def as_allowed(allowed: Any) -> np.ndarray:
     return arr
 
 
-def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """Unit-normalise rows for cosine; a zero row cannot be compared by angle."""
+def normalize_rows(x: np.ndarray, squared_norms: np.ndarray | None = None) -> np.ndarray:
+    """Unit-normalise rows for cosine; a zero row cannot be compared by angle. `squared_norms`:
+    the rows' float64 sums of squares (einsum as below), when the caller has them already."""
     # einsum avoids np.linalg.norm's temporaries: this runs on every single-query search.
     # The sum of squares is taken in float64: in float32 it overflows to inf for components
     # above ~1e19 (the row would silently become all zeros) and underflows to 0 below ~1e-19
     # (a non-zero row would be called all-zero). The norm itself fits float32 unless the
     # components come near float32's own limit (the service caps norms far below it).
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64)).astype(x.dtype)
+    if squared_norms is None:
+        squared_norms = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    norms = np.sqrt(squared_norms).astype(x.dtype)
     if not norms.all():
         zero = np.flatnonzero(norms == 0)
         raise ValueError(

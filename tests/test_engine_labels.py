@@ -104,3 +104,16 @@ def test_top_k_and_chunked_brute_force_equal_exact_search(glove):
     truth, truth_scores = brute_force_knn(x, q, 10, "cosine")
     assert np.array_equal(found - 1000, truth)
     np.testing.assert_allclose(found_scores, truth_scores, atol=1e-5)
+
+
+def test_queries_are_prepared_as_the_library_prepares_vectors(glove, fashion):
+    from annserve.engine.inputs import prepare_queries
+    from annserve.indexes.base import prepare_vectors
+
+    for data in (glove, fashion):
+        for metric in ("cosine", "ip", "l2"):
+            for rows in (slice(0, 1), slice(0, 7), slice(0, 200)):
+                x = data.queries[rows]
+                ours, library = prepare_queries(x, data.dim, metric, "c"), prepare_vectors(x, data.dim, metric)
+                assert ours.flags.c_contiguous and ours.dtype == np.float32
+                assert np.array_equal(ours, library), (metric, rows)  # bit for bit: the same scores
