@@ -590,3 +590,30 @@ def test_a_big_search_of_one_shard_is_split_over_threads_and_answers_row_by_row(
     together = mixed.search(queries, K, exclude=exclude, score_threshold=0.3)
     assert len(threads) == 2, threads  # this thread and a search thread, a piece each
     assert together == alone
+
+
+def test_one_process_cuts_its_deaths_log_after_a_rebuild_and_serves_as_before(tmp_path, glove):
+    import sqlite3
+
+    def deaths_rows() -> int:
+        with sqlite3.connect(tmp_path / "collections" / "cut" / "shard-0" / "store.sqlite") as conn:
+            return conn.execute("SELECT count(*) FROM deaths").fetchone()[0]
+
+    with opened(tmp_path) as m:
+        c = m.create("cut", glove.dim, "cosine", "flat", {})
+        fill(c, glove.base, range(5000))
+        c.delete(ids_for(range(0, 1200)))
+        c.upsert(ids_for(range(1200, 2400)), glove.base[6000:7200], [None] * 1200)  # replacements
+        assert deaths_rows() == 2400
+        wait(m.start_rebuild("cut"))
+        assert deaths_rows() == 0
+        c.delete(ids_for(range(2400, 2900)))  # below the cut's minimum: kept until there are more
+        wait(m.start_rebuild("cut"))
+        assert deaths_rows() == 500
+        before = c.search(glove.queries[:50], K)
+    with opened(tmp_path) as m:  # a restart needs none of it: the store holds the live items
+        c = m.get("cut")
+        assert c.info()["count"] == 5000 - 1200 - 500
+        assert c.search(glove.queries[:50], K) == before
+        hits = c.search(glove.base[6000:6001], 1)
+        assert hits[0][0][0] == "g1200"

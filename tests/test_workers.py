@@ -373,3 +373,68 @@ def test_the_first_worker_to_join_keeps_the_membership_of_one_started_with_it(tm
     finally:
         done.set()
         other.join(30)
+
+
+def deaths_rows(data_dir, collection: str = "w") -> int:
+    """Rows of the deaths log of `collection`'s shard 0, read from the store file itself."""
+    import sqlite3
+
+    path = data_dir / "collections" / collection / "shard-0" / "store.sqlite"
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        return conn.execute("SELECT count(*) FROM deaths").fetchone()[0]
+
+
+def test_the_deaths_log_is_cut_below_what_every_worker_applied(server, glove):
+    url = server.url
+    fill_and_build(url, glove, 4000)
+    with httpx.Client(base_url=url, timeout=60) as c:
+        # 1500 deletes and 1500 replacements, from whichever worker takes each request.
+        for lo in range(0, 1500, 250):
+            assert c.post("/collections/w/vectors/delete", json={"ids": [f"i{i}" for i in range(lo, lo + 250)]}
+                          ).json() == {"deleted": 250}  # fmt: skip
+    for lo in range(1500, 3000, 500):
+        upsert(url, [f"i{i}" for i in range(lo, lo + 500)], glove.base[lo + 5000 : lo + 5500])
+    with httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post("/collections/w/rebuild")  # 409: the tombstones started one already
+        assert r.status_code in (202, 409), r.text
+        if r.status_code == 202:
+            assert wait_job(c, r.json()["job_id"])["state"] == "succeeded"
+
+    # A rebuild, or the follower every 30 s, cuts the log once every worker has said how far
+    # it applied it (kept whole, it holds the 3000 deaths).
+    def cut():
+        assert deaths_rows(server.data_dir) == 0
+
+    until(cut, 90)
+    # Every worker still answers as the writes left it: deleted and replaced ids are gone.
+    for row, gone in ((0, "i0"), (1499, "i1499"), (1500, "i1500")):
+        body = {"vector": glove.base[row].tolist(), "k": 3}
+        for r in on_each_worker(url, "POST", "/collections/w/search", json=body).values():
+            assert gone not in {h["id"] for h in r.json()["results"]}
+    body = {"vector": glove.base[6500].tolist(), "k": 1}
+    assert nearest(on_each_worker(url, "POST", "/collections/w/search", json=body)) == {"i1500"}
+    counts = {pid: r.json()["count"] for pid, r in on_each_worker(url, "GET", "/collections/w").items()}
+    assert set(counts.values()) == {2500}, counts
+
+
+def test_a_live_process_that_has_not_said_how_far_it_applied_holds_the_cut(tmp_path):
+    from annserve.engine.coordination import DeathFloors
+
+    floors = DeathFloors(tmp_path / "followers", pid=100)
+    other = DeathFloors(tmp_path / "followers", pid=200)
+    (tmp_path / "followers" / "300").write_text("5")  # a dead process's file
+    assert floors.lowest(lambda: [100, 200], own=50) is None  # 200 is alive and silent: loading
+    other.publish(0)  # what a process says before it loads the shard
+    assert floors.lowest(lambda: [100, 200], own=50) == 0
+    other.publish(40)
+    assert floors.lowest(lambda: [100, 200], own=50) == 40
+    assert floors.lowest(lambda: [100, 200], own=30) == 30
+    assert not (tmp_path / "followers" / "300").exists()  # dead: forgotten
+    # The live processes are listed after the files are read: one that joins while the files
+    # are read, and publishes, is either seen or had not loaded before the read.
+    def join_during_the_read():
+        DeathFloors(tmp_path / "followers", pid=400).publish(0)
+        return [100, 200, 400]
+
+    assert floors.lowest(join_during_the_read, own=50) is None  # 400's file came after the read
+    assert floors.lowest(lambda: [100, 200, 400], own=50) == 0

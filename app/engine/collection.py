@@ -20,7 +20,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -117,6 +117,7 @@ class Collection:
         self, path: Path, spec: CollectionSpec, settings: Settings, executor: Executor,
         on_needs_rebuild: Callable[[str], None], sampler: RecallSampler | None = None,
         processes_lock: Callable[[], AbstractContextManager] | None = None,
+        alive_pids: Callable[[], Iterable[int]] | None = None,
     ) -> None:
         """`processes_lock`: with several processes on the data directory (`shared` shards),
         a lock across them that a main install holds (coordination.Coordination.catalog_lock)."""
@@ -126,6 +127,7 @@ class Collection:
         self._shard_seconds: dict[str, float] = {}  # moving average of one shard's search time per query
         self._on_needs_rebuild = on_needs_rebuild
         self._processes_lock = processes_lock
+        self._alive_pids = alive_pids  # the processes serving the directory (several: cut the deaths log)
         shared = processes_lock is not None
         self._shards = [Shard(path / f"shard-{i}", spec.dim, spec.metric, shared) for i in range(spec.shards)]
         # Validates search params while no main is built (the kind `auto` starts as).
@@ -430,6 +432,7 @@ class Collection:
                 # but glibc's arenas keep their pages: without this, RSS after a build of GloVe
                 # 50K stayed at 2.65x index + vectors (1.0x after a restart).
                 release_freed_memory()
+        self.prune_deaths()
         if self.spec.auto_tune:
             from .tuning import tune  # tuning searches through this class
 
@@ -438,6 +441,20 @@ class Collection:
             except Exception as exc:  # noqa: BLE001 - the rebuild stands; the knob stays as it was
                 log.warning("auto-tune of collection %r after its rebuild: %s", self.name, exc)
         return recall
+
+    def prune_deaths(self) -> int:
+        """Cut every shard's deaths log below what every serving process has applied
+        (Shard.prune_deaths); returns the rows removed. A failure (a full disk, say) is only
+        logged: the log is kept whole until the next try."""
+        removed = 0
+        for shard in self._shards:
+            try:
+                removed += shard.prune_deaths(self._alive_pids)
+            except NotFound:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an optimisation of disk space, never a failure
+                log.warning("collection %r: cutting the deaths log of %s failed: %s", self.name, shard.path, exc)
+        return removed
 
     def _rebuild(self, report: Callable[[float], None]) -> float | None:
         """Build a new main index for every shard, then install them all at once: if any
@@ -529,6 +546,7 @@ class Collection:
         Runs off the request path (the manager's follower thread); True if mains changed."""
         for shard in self._shards:
             shard.catch_up()
+            shard.publish_floor()
         if not all(s.newer_main_installed for s in self._shards):
             return False
         news = [shard.load_installed_main() for shard in self._shards]

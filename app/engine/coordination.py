@@ -13,6 +13,9 @@ All of it lives in `<data_dir>/workers/`:
   processes never create one name twice nor install into a directory deleted meanwhile.
 - `catalog.sqlite`: a counter bumped after every create and delete; `PRAGMA data_version` on it
   tells every other process, in about 2 us per request, that its list of collections is stale.
+
+And in each shard's directory, `followers/<pid>`: how far each process has followed that shard's
+deaths log (`DeathFloors`), so that the log is cut below the slowest and does not grow forever.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -139,3 +142,57 @@ class Coordination:
         (self.dir / f"{self.pid}.alive").unlink(missing_ok=True)
         self._catalog.close()
         self._catalog_watch.close()
+
+
+class DeathFloors:
+    """How far each process serving one shard has applied the shard's deaths log (store.py), so
+    that the log can be cut below the slowest of them: one small file per process, named by its
+    pid and holding the last death seq it applied, in `directory` (the shard's `followers/`).
+
+    Why it is safe to cut up to `lowest()`: a process writes its file (0: "everything") before
+    it loads the shard, and is alive (its `.alive` lock) before that. `lowest` reads the files
+    first and the live processes after, so a live process without a file answers None (it may
+    be loading), and one that started after the files were read took its snapshot after them,
+    at or past every seq they name; such a process needs only deaths above its snapshot."""
+
+    def __init__(self, directory: Path, pid: int | None = None) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.pid = os.getpid() if pid is None else pid
+        self._published: int | None = None
+
+    def publish(self, seq: int) -> None:
+        """Say that this process has applied every death up to `seq` (a no-op when unchanged)."""
+        if seq == self._published:
+            return
+        path = self.dir / str(self.pid)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(str(int(seq)))
+        os.replace(temporary, path)  # readers see the old floor or the new one, never a part
+        self._published = seq
+
+    def withdraw(self) -> None:
+        """Remove this process's file (a file left by an earlier process with the same pid
+        must not speak for this one)."""
+        (self.dir / str(self.pid)).unlink(missing_ok=True)
+        self._published = None
+
+    def lowest(self, alive_pids: Callable[[], Iterable[int]], own: int) -> int | None:
+        """The lowest death seq that every live process has applied (this one: `own`); None
+        while a live process has not published one. Forgets the files of dead processes."""
+        floors: dict[int, int] = {}
+        for path in self.dir.iterdir():
+            if path.name.isdigit():
+                try:
+                    floors[int(path.name)] = int(path.read_text())
+                except (OSError, ValueError):
+                    pass  # replaced or removed meanwhile: that process counts as silent
+        alive = set(alive_pids())  # after the files: see the class docstring
+        lowest = own
+        for pid in alive - {self.pid}:
+            if pid not in floors:
+                return None
+            lowest = min(lowest, floors[pid])
+        for pid in floors.keys() - alive - {self.pid}:
+            (self.dir / str(pid)).unlink(missing_ok=True)
+        return lowest

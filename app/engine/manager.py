@@ -46,6 +46,9 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 NAME = re.compile(NAME_PATTERN)
 AUTO_RETRY_SECONDS = 60.0  # after a failed automatic rebuild, wait this long before the next
 SEARCH_THREADS = 8  # shard fan-out; the index libraries release the GIL while they search
+# Several processes: how often each cuts its shards' deaths logs below what all have applied
+# (a rebuild cuts them too; one process alone cuts them only after a rebuild).
+PRUNE_SECONDS = 30.0
 FOLLOW_SECONDS = 0.2  # several processes: how often a manager loads mains installed elsewhere
 
 
@@ -280,18 +283,24 @@ class CollectionManager:
     def _follow(self) -> None:
         """Several processes: load the mains that another process installed, off the request
         path, and keep memory close to the stores even for collections nobody searches here."""
+        pruned_at = time.monotonic()
         while not self._stop.wait(FOLLOW_SECONDS):
             try:
                 self._follow_catalog()
             except Exception:  # noqa: BLE001 - never let the follower die; the next round retries
                 log.exception("following the catalog failed")
+            prune = time.monotonic() - pruned_at >= PRUNE_SECONDS
             for collection in self.list():
                 try:
                     collection.follow_store()
+                    if prune:
+                        collection.prune_deaths()
                 except NotFound:
                     pass  # deleted meanwhile
                 except Exception:  # noqa: BLE001
                     log.exception("collection %r: following its stores failed", collection.name)
+            if prune:
+                pruned_at = time.monotonic()
 
     def delete(self, name: str) -> None:
         """Delete the collection and its files; NotFound if absent. Answers without waiting for
@@ -321,7 +330,8 @@ class CollectionManager:
     def _open_collection(self, path: Path, spec: CollectionSpec) -> Collection:
         processes_lock = self._processes_lock if self.coordination is not None else None
         return Collection(
-            path, spec, self.settings, self._executor, self._auto_rebuild, self.recall, processes_lock
+            path, spec, self.settings, self._executor, self._auto_rebuild, self.recall, processes_lock,
+            self.coordination.alive_pids if self.coordination is not None else None,
         )
 
     def _check_open(self) -> None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -45,6 +45,7 @@ from .build import (
     MAIN_FILE, SNAPSHOT_CHUNK, NewMain, build_index, build_recall, check_stop, notes_path,
     read_build_notes, read_snapshot, stage,
 )
+from .coordination import DeathFloors
 from .errors import NotFound
 from .filters import Node, admitted, referenced_ids
 from .group_commit import GroupCommit
@@ -57,6 +58,8 @@ from .store import Commit, ShardStore, Version
 log = logging.getLogger(__name__)
 
 RETRY_GROWTH = 4  # how much more main is asked for when tombstones ate a query's answers
+FOLLOWERS_DIR = "followers"  # coordination.DeathFloors' files, in the shard's directory
+PRUNE_MIN_DEATHS = 1000  # fewer rows of the deaths log are not worth a write (an fsync) to cut
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,14 @@ class Shard:
         self._behind = False  # a commit seen by can_search_at_once, not yet caught up
         self.installed_main = 0  # the main the store says is installed (may be newer than ours)
         self._unreadable_main = 0  # the newest installed main that could not be loaded here
+        # Several processes: how far each has applied the deaths log, published before the load.
+        self._floors = DeathFloors(self.path / FOLLOWERS_DIR) if shared else None
+        if self._floors is not None:
+            try:
+                self._floors.publish(0)
+            except OSError:  # a full disk, say: no file at all (silent: nobody cuts) is as safe
+                self._floors.withdraw()
+        self._pruned = 0  # the deaths log holds no row at or below this seq
         self._load()
         self._watch = self.store.watch() if shared else None
 
@@ -323,6 +334,38 @@ class Shard:
                 self._forget(dead)
                 self._applied = version
             self.payloads.seal(self.labels.view().is_live)
+
+    def publish_floor(self) -> None:
+        """Several processes: tell the others how far this one has applied the deaths log."""
+        if self._floors is not None:
+            try:
+                self._floors.publish(self._applied.deaths)
+            except OSError:
+                pass  # the floor published before is lower: still safe, only less is cut
+
+    def prune_deaths(self, alive_pids: Callable[[], Iterable[int]] | None = None) -> int:
+        """Cut the deaths log (store.py) below what every process serving this shard has
+        applied (this one alone when not shared; `alive_pids` lists them when shared), once at
+        least PRUNE_MIN_DEATHS rows can go. Returns the rows removed. Off the request path.
+
+        Why: the log is read only to follow another process's deletes and replacements; kept
+        whole it grew by ~30 bytes per delete or replace forever, and memory after a restart
+        does not need it (the snapshot a process loads holds only the live items)."""
+        own = self._applied.deaths
+        if self._floors is None:
+            upto = own
+        elif alive_pids is None:
+            return 0
+        else:
+            upto = self._floors.lowest(alive_pids, own)
+        if upto is None or upto - self._pruned < PRUNE_MIN_DEATHS:
+            return 0
+        with self._write_lock:
+            if self.store.deaths_up_to(upto) < PRUNE_MIN_DEATHS:
+                return 0  # not worth a write transaction (an fsync) yet
+            removed = self.store.prune_deaths(upto)
+            self._pruned = upto
+        return removed
 
     def _forget(self, dead: np.ndarray) -> None:
         """Drop (m,) labels that are no longer live (caller holds the state write lock): out of

@@ -266,6 +266,18 @@ class ShardStore:
         if len(dead):
             conn.executemany("INSERT INTO deaths (label) VALUES (?)", ((int(label),) for label in dead))
 
+    def deaths_up_to(self, seq: int) -> int:
+        """How many rows of the deaths log have seq <= `seq` (a range count on its key)."""
+        conn = self._connection()
+        return int(conn.execute("SELECT count(*) FROM deaths WHERE seq <= ?", (seq,)).fetchone()[0])
+
+    def prune_deaths(self, upto: int) -> int:
+        """Drop the deaths log's rows with seq <= `upto`, which every process serving this file
+        has applied; returns how many. The seq counter (sqlite_sequence) stays, so versions
+        keep growing."""
+        with self._transaction(f"pruning the deaths log up to {upto}") as conn:
+            return conn.execute("DELETE FROM deaths WHERE seq <= ?", (int(upto),)).rowcount
+
     def set_installed_main(self, max_label: int) -> None:
         """Record that the main index file of `max_label` is installed (durably, like a write)."""
         with self._transaction("recording the installed main index") as conn:
