@@ -277,6 +277,12 @@ class Index:
         """`x` checked and normalised once (see `prepare_vectors`), ready for `search_prepared`."""
         return prepare_vectors(x, self.dim, self.metric, what)
 
+    def search_would_wait(self, params: dict[str, Any]) -> bool:
+        """Whether a search with these resolved `params` would now wait for other callers of
+        this index (a read of its state, not a promise: one may start meanwhile). No kind but
+        hnswlib makes a search wait; the service asks before searching on its event loop."""
+        return False
+
     def search_prepared(
         self, queries: np.ndarray, k: int, params: dict[str, Any], allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:

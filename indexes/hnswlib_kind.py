@@ -69,6 +69,11 @@ class _EfGate:
             set_ef(ef)
             self._ef = self._mode = ef
 
+    def would_wait(self, ef: int) -> bool:
+        """Whether `searching(ef)` would wait now: others are queued, or hold another mode (a
+        read without the lock, as `Index.search_would_wait` allows)."""
+        return self._waiting > 0 or (self._active > 0 and self._mode != ef)
+
     @contextmanager
     def searching(self, ef: int) -> Iterator[None]:
         with self._enter(ef, exclusive=False):
@@ -137,6 +142,9 @@ class HnswlibIndex(Index):
             index.add_items(x, ids)
             self._rows_version += 1
             self._extend_copy(x, ids)
+
+    def search_would_wait(self, params: dict[str, Any]) -> bool:
+        return self._gate.would_wait(params["ef"])
 
     def _search(self, q: np.ndarray, k: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         # One thread per call (see the module docstring).

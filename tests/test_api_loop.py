@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import orjson
 from fastapi.testclient import TestClient
+from conftest import wait_job
 from test_api import wait_ready
 
 from annserve.api.app import create_app
@@ -186,3 +187,41 @@ r = httpx.post(sys.argv[1], content=open(sys.argv[2], "rb").read(), timeout=120)
 print(r.text)
 sys.exit(r.status_code != 200)
 """
+
+
+def test_healthz_answers_while_a_search_waits_for_another_ef_at_the_hnswlib_gate(tmp_path, glove):
+    """A search of another ef holds hnswlib's gate (a tune, or a request's own `params`): a
+    search of the default ef must wait for it on a search thread, not on the event loop."""
+    with TestClient(create_app(Settings(data_dir=tmp_path / "data")), raise_server_exceptions=False) as client:
+        wait_ready(client)
+        body = {"name": "c", "dim": glove.dim, "metric": "cosine", "index": {"kind": "hnswlib"}}
+        assert client.post("/collections", json=body).status_code == 201
+        items = [{"id": f"g{i}", "vector": glove.base[i].tolist()} for i in range(500)]
+        assert client.post("/collections/c/vectors", json={"items": items}).status_code == 200
+        job = client.post("/collections/c/rebuild").json()
+        assert wait_job(client, job["job_id"])["state"] == "succeeded"
+        main = client.app.state.manager.get("c")._shards[0].main
+        held, release = threading.Event(), threading.Event()
+
+        def other_ef() -> None:
+            with main._gate.searching(main.search_params["ef"] + 100):
+                held.set()
+                release.wait(HOLD)
+
+        holder = threading.Thread(target=other_ef)
+        holder.start()
+        answer: dict = {}
+        query = {"vector": glove.base[7].tolist(), "k": 1}
+        searcher = threading.Thread(target=lambda: answer.update(r=client.post("/collections/c/search", json=query)))
+        try:
+            assert held.wait(10)
+            searcher.start()
+            time.sleep(0.3)  # the search has reached the gate and waits there
+            health, took = fastest_healthz(client, lambda: "r" not in answer)
+        finally:
+            release.set()
+            holder.join(30)
+            searcher.join(30)
+        assert took < HEALTHZ_WITHIN, f"/healthz took {took * 1e3:.0f} ms while a search waited at the ef gate"
+        assert health.status_code == 200
+        assert answer["r"].status_code == 200 and answer["r"].json()["results"][0]["id"] == "g7"

@@ -315,10 +315,8 @@ class Collection:
         where = as_filter(filter)
         nq = queries.shape[0]
         exclude = check_exclude(exclude, nq)
-        given = {**self.search_defaults(), **(params or {})}  # the request's own win
-        judge = self._param_index()
         # Checked even for exact search (which needs none), so a misspelt knob is never ignored.
-        resolved = SearchParams(judge.kind, judge.resolve_search_params(given), given)
+        resolved = self._resolve(params)
         if nq == 0:
             return []
         fetch = k + 1 if exclude is not None else k  # one more, so that k remain without it
@@ -362,11 +360,24 @@ class Collection:
             return 1
         return max(1, min(CORES, nq // SPLIT_MIN_ROWS))
 
-    def can_search_at_once(self) -> bool:
-        """Whether an unfiltered approximate search would start now without waiting for a
-        writer, a catch-up or search threads: one shard, which can (`Shard.can_search_at_once`)."""
+    def _resolve(self, params: dict | None) -> SearchParams:
+        """The search parameters in force for a request's `params` (ValueError for a bad one)."""
+        given = {**self.search_defaults(), **(params or {})}  # the request's own win
+        judge = self._param_index()
+        return SearchParams(judge.kind, judge.resolve_search_params(given), given)
+
+    def can_search_at_once(self, params: dict | None = None) -> bool:
+        """Whether an unfiltered approximate search with `params` would start now without
+        waiting for a writer, a catch-up, hnswlib's ef gate or search threads: one shard, which
+        can (`Shard.can_search_at_once`). Bad params: True, the search raises at once."""
         shards = self._shards
-        return len(shards) == 1 and shards[0].can_search_at_once()
+        if len(shards) != 1:
+            return False
+        try:
+            resolved = self._resolve(params)
+        except ValueError:
+            return True
+        return shards[0].can_search_at_once(resolved)
 
     def records(
         self, ids: Sequence[str], payloads: bool, vectors: bool

@@ -287,11 +287,15 @@ class Shard:
                 self._catch_up_locked()
                 self._behind = False
 
-    def can_search_at_once(self) -> bool:
-        """Whether a search could start now without waiting: no writer at the state lock and,
-        for a shard shared between processes, nothing to catch up on and nobody catching up.
-        (A commit landing right after the answer still gets caught up by that search.)"""
+    def can_search_at_once(self, params: SearchParams | None = None) -> bool:
+        """Whether a search (with `params`) could start now without waiting: no writer at the
+        state lock, main would not make it wait (hnswlib's ef gate), and, for a shard shared
+        between processes, nothing to catch up on and nobody catching up. (A commit landing
+        right after the answer still gets caught up by that search.)"""
         if self._state.contended():
+            return False
+        main = self.main
+        if params is not None and main is not None and main.search_would_wait(params.for_index(main)):
             return False
         if self._watch is None:
             return True

@@ -23,13 +23,13 @@ shard's lock), every connection with it.
 Now an engine call runs on the loop only when it cannot wait (`ANNSERVE_SEARCH_ON_LOOP`, on by
 default): at most ON_LOOP_ROWS queries, approximate, unfiltered, without payloads, on
 one-shard collections whose shard says nothing is in its way (`Collection.can_search_at_once`:
-no writer at its lock, no catch-up from other processes pending). Anything else hops as before.
+no writer at its lock, no catch-up from other processes pending, and main would not make it wait:
+hnswlib's ef gate holds no search of another ef and no queue). Anything else hops as before.
 The hand-off it spares cost ~130 us of CPU and ~0.15 ms per lone query; measured side by side
 (16 connections, wrk, 60K x 384 hnswlib, ef 12, 3 rounds each; README, "A leaner request"): one
 process 168-179 us of server CPU per search on the loop against 198-204 us with the hop, at about
 the same throughput. The cap keeps the loop's stall per call near 0.4 ms; bigger micro-batches
-amortise the hand-off anyway. Only the hnswlib ef gate is not asked: a tune (admin) running
-meanwhile can hold such a search back.
+amortise the hand-off anyway.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def _can_run_at_once(batch: list[_Request]) -> bool:
         options = request.options
         if request.exact or options.where is not None or options.fetches:
             return False
-    return all(collection.can_search_at_once() for collection in {r.collection for r in batch})
+    return all(request.collection.can_search_at_once(request.params) for request in batch)
 
 
 def _deliver(batch: list[_Request], outcomes: list[tuple[list[Hits] | None, BaseException | None]]) -> None:
