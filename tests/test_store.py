@@ -6,6 +6,7 @@ import sqlite3
 import threading
 
 import numpy as np
+import orjson
 import pytest
 
 from annserve.engine.store import ShardStore
@@ -122,3 +123,33 @@ def test_concurrent_readers_and_writer(store, glove):
     assert not errors
     with store.snapshot() as snap:
         assert snap.count() == 2000
+
+
+def test_a_batch_keeps_each_row_its_own_id_vector_and_payload(store, glove):
+    # A batch goes in as one statement over a JSON array (consecutive labels) and row by row
+    # otherwise: both ways store each item's own bytes and payload text, whatever the ids hold.
+    ids = ['q"uote', "back\\slash", "é", "😀", "tab\t", "\u2028", "plain"]
+    payloads = [None, '{"tag":"x\\"y"}', None, '{"n":1.0000000000000002}', None, '{"u":"\\u00e9"}', None]
+    _put(store, 1, ids[:4], glove.base[:4])
+    store.upsert(np.arange(5, 12, dtype=np.int64), ids, glove.base[10:17], payloads)
+    store.upsert(np.array([20, 30], dtype=np.int64), ["gap-a", "gap-b"], glove.base[20:22], ['{"g":1}', None])
+    for pos, item_id in enumerate(ids):
+        vector, payload = store.get(item_id)
+        assert np.array_equal(vector, glove.base[10 + pos]), item_id
+        assert payload == (None if payloads[pos] is None else orjson.loads(payloads[pos]))
+    assert np.array_equal(store.get("gap-b")[0], glove.base[21]) and store.get("gap-a")[1] == {"g": 1}
+    with store.snapshot() as snap:
+        labels, got_ids, _ = next(snap.chunks())
+    assert labels.tolist() == [5, 6, 7, 8, 9, 10, 11, 20, 30] and got_ids == ids + ["gap-a", "gap-b"]
+
+
+def test_an_id_with_a_nul_character_is_not_cut_short(store, glove):
+    # SQLite's JSON functions end a string at NUL: "a\x00b" must not be taken for "a" when
+    # old labels are looked up, rows inserted, deleted or read.
+    _put(store, 1, ["a", "a\x00b"], glove.base[:2])
+    assert store.upsert(np.array([3], dtype=np.int64), ["a\x00b"], glove.base[2:3], ['{"k":1}']).tolist() == [2]
+    assert store.labels_of(["a\x00b", "a"]) == {"a\x00b": 3, "a": 1}
+    assert set(store.records(["a\x00b"], payloads=True, vectors=False)) == {"a\x00b"}
+    assert np.array_equal(store.get("a\x00b")[0], glove.base[2])
+    assert store.delete(["a\x00b"]).tolist() == [3]
+    assert store.get("a") is not None and store.get("a\x00b") is None
