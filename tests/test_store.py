@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 import numpy as np
 import orjson
 import pytest
 
+from annserve.engine import store as store_module
 from annserve.engine.store import ShardStore
 
 DIM = 50
@@ -153,3 +155,44 @@ def test_an_id_with_a_nul_character_is_not_cut_short(store, glove):
     assert np.array_equal(store.get("a\x00b")[0], glove.base[2])
     assert store.delete(["a\x00b"]).tolist() == [3]
     assert store.get("a") is not None and store.get("a\x00b") is None
+
+
+def _fill(store: ShardStore, glove, rows: int, batch: int = 2000) -> None:
+    """`rows` new items in batches (glove's rows again under new ids)."""
+    for lo in range(0, rows, batch):
+        ids = [f"fill{lo + i}" for i in range(batch)]
+        store.upsert(None, ids, glove.base[np.arange(lo, lo + batch) % len(glove.base)], [None] * batch)
+
+
+def test_a_commit_leaves_the_checkpoint_to_the_checkpointer(store, glove, monkeypatch):
+    # SQLite's own checkpoint (every 1000 WAL pages) would run inside a COMMIT; here 5 MB of
+    # commits leave the database file as it was and ask the checkpointer, once per store.
+    asked = []
+    monkeypatch.setattr(store_module.CHECKPOINTER, "request", asked.append)
+    _put(store, 1, ["first"], glove.base[:1])
+    before = store.path.stat().st_size
+    _fill(store, glove, 20_000)
+    assert store.path.stat().st_size == before
+    assert asked and set(map(id, asked)) == {id(store)}
+    store.checkpoint()
+    assert store.path.stat().st_size > before + 20_000 * DIM * 4  # the rows are in the file now
+    assert store.get("fill19999") is not None
+
+
+def test_the_checkpointer_thread_checkpoints(store, glove, monkeypatch):
+    monkeypatch.setattr(store_module, "CHECKPOINT_PAGES", 100)
+    before = store.path.stat().st_size
+    _fill(store, glove, 4000)
+    deadline = time.monotonic() + 10
+    while store.path.stat().st_size < before + 3000 * DIM * 4:
+        assert time.monotonic() < deadline, "the checkpointer did not copy the WAL within 10 s"
+        time.sleep(0.01)
+
+
+def test_a_writer_checkpoints_itself_when_the_checkpointer_falls_behind(store, glove, monkeypatch):
+    monkeypatch.setattr(store_module, "CHECKPOINT_PAGES", 100)
+    monkeypatch.setattr(store_module, "INLINE_CHECKPOINT_PAGES", 400)
+    monkeypatch.setattr(store_module.CHECKPOINTER, "request", lambda store: None)  # never gets to it
+    before = store.path.stat().st_size
+    _fill(store, glove, 8000)  # about 500 pages
+    assert store.path.stat().st_size > before + 4000 * DIM * 4
