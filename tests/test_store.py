@@ -196,3 +196,15 @@ def test_a_writer_checkpoints_itself_when_the_checkpointer_falls_behind(store, g
     before = store.path.stat().st_size
     _fill(store, glove, 8000)  # about 500 pages
     assert store.path.stat().st_size > before + 4000 * DIM * 4
+
+
+def test_deletes_count_toward_the_next_checkpoint(store, glove, monkeypatch):
+    # Each deleted (or replaced) row dirties pages of its own wherever it lies: scattered
+    # deletes grow the WAL by pages, not by bytes, and must bring the checkpoint too.
+    asked = []
+    monkeypatch.setattr(store_module, "CHECKPOINT_PAGES", 300)
+    monkeypatch.setattr(store_module.CHECKPOINTER, "request", asked.append)
+    _fill(store, glove, 2000)  # about 130 pages
+    assert asked == []
+    assert len(store.delete([f"fill{i}" for i in range(0, 2000, 10)])) == 200
+    assert asked == [store]
