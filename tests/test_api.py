@@ -294,6 +294,39 @@ def test_upsert_rejects(client, items, fragments):
     assert client.get("/collections/u").json()["count"] == 0
 
 
+def test_upsert_base64_rows_decoded_together_keep_their_bytes_and_errors(client, glove):
+    # 48-d rows are 192 bytes, base64 without padding: the rows of a run are decoded in one call
+    # (parsing.vectors_from_b64_rows). Each row must keep its own bytes, and a bad row must still
+    # be named by its position, before any later item's error.
+    dim, n = 48, 300  # about 80 KB of body: parsed and converted in pieces
+    rows = np.ascontiguousarray(glove.base[:n, :dim])
+    create(client, "p", dim=dim)
+    items = [{"id": f"p{i}", "vector_b64": b64(row)} for i, row in enumerate(rows)]
+    items[7] = {"id": "p7", "vector": rows[7].tolist()}  # JSON lists beside base64 in one run
+    assert client.post("/collections/p/vectors", json={"items": items}).json() == {"upserted": n}
+    for i in (0, 7, 150, n - 1):
+        got = np.array(client.get(f"/collections/p/vectors/p{i}").json()["vector"], dtype=np.float32)
+        assert np.array_equal(got, rows[i]), i
+
+    good = b64(rows[0])
+    bad_chars = "!" + good[1:]  # the right length, not base64
+    cut_short = good[:-1] + "="  # the right length, one byte short
+    cases = [
+        ({250: bad_chars}, ["items[250].vector_b64", "invalid base64"]),
+        ({120: cut_short}, ["items[120].vector_b64", "expected 192 bytes", "got 191 bytes"]),
+        ({n - 1: cut_short}, [f"items[{n - 1}].vector_b64", "got 191 bytes"]),
+        # A row one character short and the next one longer join into valid base64.
+        ({5: good[:-4], 6: good + good[:4]}, ["items[5].vector_b64"]),
+        ({10: bad_chars, 20: {"id": "p20", "vector_b64": good, "meta": 1}}, ["items[10].vector_b64", "invalid"]),
+    ]
+    for changes, fragments in cases:
+        sent = [{"id": f"q{i}", "vector_b64": good} for i in range(n)]
+        for at, change in changes.items():
+            sent[at] = change if isinstance(change, dict) else {"id": f"q{at}", "vector_b64": change}
+        error(client.post("/collections/p/vectors", json={"items": sent}), 422, *fragments)
+    assert client.get("/collections/p").json()["count"] == n
+
+
 def test_upsert_rejects_unknown_fields_and_collections(client):
     create(client, "u", dim=2)
     error(client.post("/collections/u/vectors", json={"items": [], "upsert": True}), 422, "upsert")

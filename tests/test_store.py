@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 import numpy as np
+import orjson
 import pytest
 
+from annserve.engine import store as store_module
 from annserve.engine.store import ShardStore
 
 DIM = 50
@@ -122,3 +125,86 @@ def test_concurrent_readers_and_writer(store, glove):
     assert not errors
     with store.snapshot() as snap:
         assert snap.count() == 2000
+
+
+def test_a_batch_keeps_each_row_its_own_id_vector_and_payload(store, glove):
+    # A batch goes in as one statement over a JSON array (consecutive labels) and row by row
+    # otherwise: both ways store each item's own bytes and payload text, whatever the ids hold.
+    ids = ['q"uote', "back\\slash", "é", "😀", "tab\t", "\u2028", "plain"]
+    payloads = [None, '{"tag":"x\\"y"}', None, '{"n":1.0000000000000002}', None, '{"u":"\\u00e9"}', None]
+    _put(store, 1, ids[:4], glove.base[:4])
+    store.upsert(np.arange(5, 12, dtype=np.int64), ids, glove.base[10:17], payloads)
+    store.upsert(np.array([20, 30], dtype=np.int64), ["gap-a", "gap-b"], glove.base[20:22], ['{"g":1}', None])
+    for pos, item_id in enumerate(ids):
+        vector, payload = store.get(item_id)
+        assert np.array_equal(vector, glove.base[10 + pos]), item_id
+        assert payload == (None if payloads[pos] is None else orjson.loads(payloads[pos]))
+    assert np.array_equal(store.get("gap-b")[0], glove.base[21]) and store.get("gap-a")[1] == {"g": 1}
+    with store.snapshot() as snap:
+        labels, got_ids, _ = next(snap.chunks())
+    assert labels.tolist() == [5, 6, 7, 8, 9, 10, 11, 20, 30] and got_ids == ids + ["gap-a", "gap-b"]
+
+
+def test_an_id_with_a_nul_character_is_not_cut_short(store, glove):
+    # SQLite's JSON functions end a string at NUL: "a\x00b" must not be taken for "a" when
+    # old labels are looked up, rows inserted, deleted or read.
+    _put(store, 1, ["a", "a\x00b"], glove.base[:2])
+    assert store.upsert(np.array([3], dtype=np.int64), ["a\x00b"], glove.base[2:3], ['{"k":1}']).tolist() == [2]
+    assert store.labels_of(["a\x00b", "a"]) == {"a\x00b": 3, "a": 1}
+    assert set(store.records(["a\x00b"], payloads=True, vectors=False)) == {"a\x00b"}
+    assert np.array_equal(store.get("a\x00b")[0], glove.base[2])
+    assert store.delete(["a\x00b"]).tolist() == [3]
+    assert store.get("a") is not None and store.get("a\x00b") is None
+
+
+def _fill(store: ShardStore, glove, rows: int, batch: int = 2000) -> None:
+    """`rows` new items in batches (glove's rows again under new ids)."""
+    for lo in range(0, rows, batch):
+        ids = [f"fill{lo + i}" for i in range(batch)]
+        store.upsert(None, ids, glove.base[np.arange(lo, lo + batch) % len(glove.base)], [None] * batch)
+
+
+def test_a_commit_leaves_the_checkpoint_to_the_checkpointer(store, glove, monkeypatch):
+    # SQLite's own checkpoint (every 1000 WAL pages) would run inside a COMMIT; here 5 MB of
+    # commits leave the database file as it was and ask the checkpointer, once per store.
+    asked = []
+    monkeypatch.setattr(store_module.CHECKPOINTER, "request", asked.append)
+    _put(store, 1, ["first"], glove.base[:1])
+    before = store.path.stat().st_size
+    _fill(store, glove, 20_000)
+    assert store.path.stat().st_size == before
+    assert asked and set(map(id, asked)) == {id(store)}
+    store.checkpoint()
+    assert store.path.stat().st_size > before + 20_000 * DIM * 4  # the rows are in the file now
+    assert store.get("fill19999") is not None
+
+
+def test_the_checkpointer_thread_checkpoints(store, glove, monkeypatch):
+    monkeypatch.setattr(store_module, "CHECKPOINT_PAGES", 100)
+    before = store.path.stat().st_size
+    _fill(store, glove, 4000)
+    deadline = time.monotonic() + 10
+    while store.path.stat().st_size < before + 3000 * DIM * 4:
+        assert time.monotonic() < deadline, "the checkpointer did not copy the WAL within 10 s"
+        time.sleep(0.01)
+
+
+def test_a_writer_checkpoints_itself_when_the_checkpointer_falls_behind(store, glove, monkeypatch):
+    monkeypatch.setattr(store_module, "CHECKPOINT_PAGES", 100)
+    monkeypatch.setattr(store_module, "INLINE_CHECKPOINT_PAGES", 400)
+    monkeypatch.setattr(store_module.CHECKPOINTER, "request", lambda store: None)  # never gets to it
+    before = store.path.stat().st_size
+    _fill(store, glove, 8000)  # about 500 pages
+    assert store.path.stat().st_size > before + 4000 * DIM * 4
+
+
+def test_deletes_count_toward_the_next_checkpoint(store, glove, monkeypatch):
+    # Each deleted (or replaced) row dirties pages of its own wherever it lies: scattered
+    # deletes grow the WAL by pages, not by bytes, and must bring the checkpoint too.
+    asked = []
+    monkeypatch.setattr(store_module, "CHECKPOINT_PAGES", 300)
+    monkeypatch.setattr(store_module.CHECKPOINTER, "request", asked.append)
+    _fill(store, glove, 2000)  # about 130 pages
+    assert asked == []
+    assert len(store.delete([f"fill{i}" for i in range(0, 2000, 10)])) == 200
+    assert asked == [store]

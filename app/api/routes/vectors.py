@@ -28,6 +28,7 @@ from ..transport.parsing import (
     load_object,
     parse_body,
     vector_from_list,
+    vectors_from_b64_rows,
     vectors_from_byte_rows,
     vectors_from_lists,
 )
@@ -94,6 +95,16 @@ def parse_items(items, dim: int, max_items: int) -> tuple[list, np.ndarray, list
 def item_run(items: list, first: int, dim: int) -> tuple[list, np.ndarray, list]:
     """ids, (n, dim) float32 vectors and payloads of consecutive upsert items, `items[0]` being
     the request's item number `first` (for the messages)."""
+    try:
+        return _item_run(items, first, dim, b64_together=True)
+    except ValueError:
+        # Item by item, which raises the first error in the items' order, with its message.
+        return _item_run(items, first, dim, b64_together=False)
+
+
+def _item_run(items: list, first: int, dim: int, b64_together: bool) -> tuple[list, np.ndarray, list]:
+    """`item_run`; base64 rows decoded all together after the structure checks when
+    `b64_together` (any bad row raises then, unnamed), else each one where it comes."""
     ids: list = []
     payloads: list = []
     # Rows given as JSON lists and as base64, by position; each kind is converted together.
@@ -122,19 +133,21 @@ def item_run(items: list, first: int, dim: int) -> tuple[list, np.ndarray, list]
             list_rows.append(row)
         elif "vector_b64" in item:
             b64_at.append(at)
-            b64_rows.append(decode_b64(item["vector_b64"], dim, f"items[{i}].vector_b64"))
+            value = item["vector_b64"]
+            b64_rows.append(value if b64_together else decode_b64(value, dim, f"items[{i}].vector_b64"))
         else:
             raise ValueError(f"items[{i}]: expected exactly one of vector, vector_b64; got neither")
         ids.append(item["id"])
         payloads.append(item.get("payload"))
+    b64_vectors = vectors_from_b64_rows if b64_together else vectors_from_byte_rows
     if not b64_rows:
         vectors = vectors_from_lists(list_rows, dim, "items[].vector")
     elif not list_rows:
-        vectors = vectors_from_byte_rows(b64_rows, dim)
+        vectors = b64_vectors(b64_rows, dim)
     else:
         vectors = np.empty((len(items), dim), dtype=np.float32)
         vectors[list_at] = vectors_from_lists(list_rows, dim, "items[].vector")
-        vectors[b64_at] = vectors_from_byte_rows(b64_rows, dim)
+        vectors[b64_at] = b64_vectors(b64_rows, dim)
     return ids, vectors, payloads
 
 

@@ -209,6 +209,29 @@ def vectors_from_bytes(raw: bytes, dim: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=_F32_LE).reshape(-1, dim).astype(np.float32, copy=False)
 
 
+def vectors_from_b64_rows(values: list, dim: int) -> np.ndarray:
+    """Base64 strings of one `dim`-d little-endian float32 row each -> (n, dim) float32, all
+    decoded by one call; ValueError, without naming the row, when any of them is not one
+    such row (the caller then decodes row by row with `decode_b64`, for the exact message).
+
+    Why together: per row, a decode call and its checks cost ~1 us against ~0.2 us of decoding.
+    The strings of whole rows join into the base64 of the rows' bytes only where a row needs no
+    padding (4 * dim a multiple of 3, as for 384 or 768); other dims are decoded row by row."""
+    row_bytes = 4 * dim
+    if row_bytes % 3:
+        return vectors_from_byte_rows([decode_b64(v, dim, "vector_b64") for v in values], dim)
+    # Every row of exactly its length: rows of other lengths could join into valid base64.
+    if set(map(len, values)) != {row_bytes // 3 * 4}:
+        raise ValueError("vector_b64: expected base64 strings of one row each")
+    try:
+        raw = pybase64.b64decode_as_bytearray("".join(values), validate=True)
+    except (TypeError, ValueError) as exc:  # binascii.Error is a ValueError
+        raise ValueError(f"vector_b64: expected base64 of little-endian float32 ({exc})") from None
+    if len(raw) != len(values) * row_bytes:  # a padding '=' at the very end
+        raise ValueError("vector_b64: expected base64 strings of one row each")
+    return np.frombuffer(raw, dtype=_F32_LE).reshape(-1, dim).astype(np.float32, copy=False)
+
+
 def vectors_from_byte_rows(rows: list[bytes], dim: int) -> np.ndarray:
     """Rows of `dim` little-endian float32 each -> (n, dim) float32, STEP_NUMBERS at a time."""
     out = np.empty((len(rows), dim), dtype=np.float32)
