@@ -179,6 +179,21 @@ def test_random_floats_are_read_by_the_fast_path(rows):
     assert same_batch(json.dumps({"vectors": rows}).encode(), 4)
 
 
+ACCEPTED_UPSERTS = [
+    '{"items": [{"\\u0069d": "a", "vector": [0.25, 0.5, 0.75]}]}',  # an escaped key
+    '{"items": [{"id": "a\\u0000\\"\\\\\\ud83d\\ude00", "vector": [0.25, 0.5, 0.75]}]}',  # escapes in an id
+    '{"items": [{"id": "\u00e9\u4e2d", "vector": [0.25, 0.5, 0.75]}]}',  # UTF-8 in an id
+    '{"items":[{"vector":[2.5E-3,-1e+5,7.0e0],"payload":null,"id":"b"}]}',  # exponents, no spaces
+    '\n {"items" :\t[ {"id" : "a" , "vector" : [ 0.25 , 0.5 , 0.75 ] } ] } \r\n',
+    '{"items": [{"id": "a", "vector": [-0.0, 1e-50, 3.5e38]}]}',
+]
+
+
+@pytest.mark.parametrize("body", ACCEPTED_UPSERTS)
+def test_accepted_upserts_answer_as_before(body):
+    assert same_upsert(body.encode(), 3)
+
+
 # ---- what the fast path declines --------------------------------------------------------------
 
 V = "[0.25, 0.5, 0.75]"

@@ -79,9 +79,10 @@ def load_object(
     convert: json_pieces.Convert | None = None, fast: json_pieces.ParsePiece | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The body as a JSON object whose keys are all in `allowed`. Given `key` and `convert`, a
-    list at `key` comes back as `json_pieces.Converted`, parsed and converted a piece at a time;
-    given `fast` too (a `simd_rows` piece parser), read by it when it accepts every piece, its
-    runs then what `convert` would have made of them."""
+    list at `key` comes back as `json_pieces.Converted`, parsed and converted a piece at a time.
+    Given `key` and `fast` (a `simd_rows` piece parser), that list is read by `fast` when it
+    accepts every piece (`Converted` of its runs, what `convert` would have made of them),
+    else as without `fast`."""
     if not raw:
         raise ValueError("request body: expected a JSON object, got an empty body")
     body = json_pieces.loads_with(raw, key, fast, simd_rows.PIECE_BYTES) if key and fast else None

@@ -1,10 +1,14 @@
 """JSON number lists read straight into float32 by simdjson (pysimdjson): the fast path of the
 upsert and batch-search bodies, for `json_pieces.loads_with`.
 
-orjson makes a Python float of every number (~120 ns each with numpy's conversion after it);
-simdjson parses a piece onto its tape and `Array.as_buffer` copies a list's numbers out as
-float64 in one C loop, 3-4x less CPU a vector. Both parse numbers correctly rounded to float64,
-and the float64 -> float32 cast is numpy's either way, so the arrays are equal bit for bit.
+orjson makes a Python float of every number, which numpy then converts; simdjson parses a
+piece onto its tape and `Array.as_buffer` copies a list's numbers out as float64 in one C loop:
+a 1000 x 384 upsert body parses in 9.9 ms instead of 22.8 (15.0 instead of 28.9 with 17-digit
+numbers). Both parse numbers correctly rounded to float64, and the float64 -> float32 cast is
+numpy's either way, so the arrays are equal bit for bit.
+
+Not used for `/search`'s one vector: through the same pieces machinery it measured 24 us
+against orjson's 25 (numpy's per-call overhead on one short row eats what simdjson saves).
 
 A piece parser here accepts narrowly and declines (`json_pieces.Declined`) everything it is
 not sure to read exactly as orjson and `parsing.py` would: the body is then parsed the usual
