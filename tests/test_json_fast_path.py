@@ -179,6 +179,14 @@ def test_random_floats_are_read_by_the_fast_path(rows):
     assert same_batch(json.dumps({"vectors": rows}).encode(), 4)
 
 
+V = "[0.25, 0.5, 0.75]"
+
+
+def nested(depth: int) -> str:
+    """A JSON object `depth` objects deep."""
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
 ACCEPTED_UPSERTS = [
     '{"items": [{"\\u0069d": "a", "vector": [0.25, 0.5, 0.75]}]}',  # an escaped key
     '{"items": [{"id": "a\\u0000\\"\\\\\\ud83d\\ude00", "vector": [0.25, 0.5, 0.75]}]}',  # escapes in an id
@@ -186,6 +194,11 @@ ACCEPTED_UPSERTS = [
     '{"items":[{"vector":[2.5E-3,-1e+5,7.0e0],"payload":null,"id":"b"}]}',  # exponents, no spaces
     '\n {"items" :\t[ {"id" : "a" , "vector" : [ 0.25 , 0.5 , 0.75 ] } ] } \r\n',
     '{"items": [{"id": "a", "vector": [-0.0, 1e-50, 3.5e38]}]}',
+    f'{{"items": [{{"id": "a", "vector": {V}, "payload": {{"tags": ["x", [1, {{"y": -0}}]], "n": 1.5e300}}}}]}}',
+    f'{{"items": [{{"id": "a", "vector": {V}, "payload": {{"a": 1, "b": 2, "a": {{"c": 3, "c": null}}}}}}]}}',
+    f'{{"items": [{{"id": "a", "vector": {V}, "payload": [1, 2]}}, {{"id": "b", "vector": {V}, "payload": "s"}}]}}',
+    f'{{"items": [{{"id": "a", "vector": {V}, "payload": {nested(40)}}}]}}',  # deep, refused by the engine
+    f'{{"items": [{{"id": "a", "vector": {V}, "payload": {{"big": 18446744073709551615, "neg": -9223372036854775808}}}}]}}',
 ]
 
 
@@ -194,9 +207,31 @@ def test_accepted_upserts_answer_as_before(body):
     assert same_upsert(body.encode(), 3)
 
 
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**65), 2**65) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(payloads=st.lists(JSON_VALUES, min_size=1, max_size=6), ascii_only=st.booleans())
+def test_random_payloads_answer_alike(payloads, ascii_only):
+    items = [{"id": f"p{i}", "vector": [0.25, 0.5, 0.75], "payload": p} for i, p in enumerate(payloads)]
+    raw = json.dumps({"items": items}, ensure_ascii=ascii_only).encode()
+    same_upsert(raw, 3)
+
+
+def test_payloads_are_read_by_the_fast_path(minilm):
+    """Payloads of the usual kind (flat fields, a list of tags, a nested object) stay on the fast path."""
+    payloads = [{"title": f"doc {i}", "n": i, "score": i / 7, "tags": ["a", "b"], "meta": {"ok": True}} for i in range(len(minilm))]
+    raw = orjson.dumps({"items": [{"id": f"d{i}", "vector": r.tolist(), "payload": p} for i, (r, p) in enumerate(zip(minilm, payloads))]})
+    assert same_upsert(raw, minilm.shape[1])
+    assert _parse_upsert(raw, minilm.shape[1], MAX_ITEMS, True)[2] == payloads
+
+
 # ---- what the fast path declines --------------------------------------------------------------
 
-V = "[0.25, 0.5, 0.75]"
 DECLINED_UPSERTS = [
     '{"items": [{"id": "a", "vector": [0.25, 1, 0.75]}]}',  # an integer among floats
     '{"items": [{"id": "a", "vector": [1152921573326323713, 1, 2]}]}',  # integers only (numpy's int64 path)
@@ -218,7 +253,12 @@ DECLINED_UPSERTS = [
     f'{{"items": [{{"vector": {V}, "payload": null}}]}}',  # no id
     f'{{"items": [{{"id": 7, "vector": {V}}}]}}',  # an id that is not a string
     f'{{"items": [{{"id": "a[0]", "vector": {V}}}]}}',  # a '[' in a string
-    f'{{"items": [{{"id": "a", "vector": {V}, "payload": {{"tags": ["x"]}}}}]}}',  # a payload
+    f'{{"items": [{{"id": "a", "vector": {V}, "payload": {{"tags": ["x["]}}}}]}}',  # a '[' in a payload string
+    f'{{"items": [{{"id": "a", "vector": {V}, "payload": {{"t": [1], "t": 2}}}}]}}',  # a list overwritten
+    f'{{"items": [{{"id": "a", "vector": {V}, "payload": {nested(70)}}}]}}',  # deeper than PAYLOAD_DEPTH
+    f'{{"items": [{{"id": "a", "vector": {V}, "payload": {"[" * 1030}{"]" * 1030}}}]}}',  # beyond both depth limits
+    # Beyond orjson's depth limit in the body, within simdjson's in the piece (one level less).
+    f'{{"items": [{{"id": "a", "vector": {V}, "payload": {"[" * 1022}{"]" * 1022}}}]}}',
     f'{{"items": [{{"id": "a", "vector": {V}, "payload": 12345678901234567890123}}]}}',
     f'{{"items": [{{"id": "a", "vector": {V}}}, 5]}}',
     '{"items": [{"id": "a", "vector": [0.25, 1e400, 0.75]}]}',  # beyond float64: invalid for both

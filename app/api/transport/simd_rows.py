@@ -13,10 +13,10 @@ against orjson's 25 (numpy's per-call overhead on one short row eats what simdjs
 A piece parser here accepts narrowly and declines (`json_pieces.Declined`) everything it is
 not sure to read exactly as orjson and `parsing.py` would: the body is then parsed the usual
 way, whose values and 422 messages stay the reference. Declined: an integer among the numbers
-(orjson's ints convert on another numpy path), any list that is not a vector (nested rows,
-lists in payloads, a '[' in a string), a row of the wrong length, an item with other fields
-than id, vector and a null payload (duplicate keys included), an id that is not a string,
-anything not a number where numbers go. A piece simdjson finds invalid gives None: json_pieces
+(orjson's ints convert on another numpy path), a list nested in a vector or a row, a '[' in a
+string, a row of the wrong length, an item with other fields than id, vector and payload
+(duplicate keys included), an id that is not a string, anything not a number where numbers go,
+a payload nested deeper than PAYLOAD_DEPTH. A piece simdjson finds invalid gives None: json_pieces
 grows it or gives the body up to orjson, whose error message is the one sent.
 
 simdjson holds the GIL while it parses (pysimdjson releases it nowhere): pieces of
@@ -24,6 +24,8 @@ PIECE_BYTES keep each hold short, and json_pieces hands the GIL over between the
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import simdjson
@@ -33,13 +35,14 @@ from .json_pieces import Declined, ParsePiece, Parsed
 # ~0.15 ms of simdjson and copying a piece (orjson's pieces are 32 KiB for as long a hold):
 # fewer pieces, less per-piece work (the cut search, the piece's copy, a parse call).
 PIECE_BYTES = 128 * 1024
+PAYLOAD_DEPTH = 64  # deeper payloads go the orjson way (see _payload)
 _ARRAY, _OBJECT = simdjson.Array, simdjson.Object
 _OPEN = ord("[")
 
 
 def item_rows(dim: int) -> ParsePiece:
-    """A piece parser of upsert items `{"id": str, "vector": [dim floats]}` (payload absent or
-    null) -> Parsed((ids, (n, dim) float32, payloads)); one simdjson parser for the body."""
+    """A piece parser of upsert items `{"id": str, "vector": [dim floats], "payload": ...}`
+    -> Parsed((ids, (n, dim) float32, payloads)); one simdjson parser for the body."""
     parser = simdjson.Parser()
 
     def parse(piece: memoryview | bytes) -> Parsed | None:
@@ -76,32 +79,70 @@ def query_rows(dim: int) -> ParsePiece:
 
 def _items(items: simdjson.Array, text: bytes, dim: int) -> tuple[list, np.ndarray, list]:
     n = len(items)
-    if not n or _brackets(text) != n + 1:  # every '[' must open a vector (or the piece itself)
+    if not n:
         raise Declined
     ids: list = []
     vectors: list = []
     numbers: list = []  # each vector's numbers as float64, joined and cast once at the end
+    payloads: list = []
+    payload_lists = 0
     try:
         for item in items:
             if type(item) is not _OBJECT:
                 raise Declined
             # Exactly these fields, each once: a duplicate key would count as one more field.
             fields = len(item)
-            if fields != 2 and not (fields == 3 and "payload" in item and item["payload"] is None):
+            if fields == 2:
+                payload = None
+            elif fields == 3 and "payload" in item:
+                payload, lists = _payload(item["payload"])
+                payload_lists += lists
+            else:
                 raise Declined
             item_id, vector = item["id"], item["vector"]
             if type(item_id) is not str or type(vector) is not _ARRAY or len(vector) != dim:
                 raise Declined
-            numbers.append(vector.as_buffer(of_type="d"))  # dim doubles: the vector holds no list
+            numbers.append(vector.as_buffer(of_type="d"))  # flattened: see the '[' count below
             ids.append(item_id)
             vectors.append(vector)
+            payloads.append(payload)
     except KeyError:  # no id or no vector
         raise Declined from None
     except TypeError:  # a string, a boolean, null or an object among a vector's numbers
         raise Declined from None
+    # Every '[' opens the piece, a vector or a list of a payload: none is nested in a vector
+    # (as_buffer would have flattened it) or sits in a string.
+    if _brackets(text) != 1 + n + payload_lists:
+        raise Declined
     out = _float32(b"".join(numbers), n, dim)
     _decline_ints(out, vectors)
-    return ids, out, [None] * n
+    return ids, out, payloads
+
+
+def _payload(value: Any) -> tuple[Any, int]:
+    """(a payload as the Python objects orjson makes, lists in it). simdjson's dict and list
+    conversion gives the same types and values (ints as int64/uint64, floats correctly rounded,
+    a duplicate key's last value in its first place), and both parsers refuse the same strings.
+    Declined past PAYLOAD_DEPTH: orjson's depth limit (1024) counts from the body, simdjson's
+    from the piece, one level apart; a payload that deep is refused by the engine anyway."""
+    if type(value) is _OBJECT:
+        value = value.as_dict()
+    elif type(value) is _ARRAY:
+        value = value.as_list()
+    else:
+        return value, 0
+    lists, stack = 0, [(value, 1)]
+    while stack:
+        container, depth = stack.pop()
+        if depth > PAYLOAD_DEPTH:
+            raise Declined
+        if type(container) is list:
+            lists += 1
+            members = container
+        else:
+            members = container.values()
+        stack.extend((x, depth + 1) for x in members if type(x) is dict or type(x) is list)
+    return value, lists
 
 
 def _rows(rows: simdjson.Array, text: bytes, dim: int) -> np.ndarray:
