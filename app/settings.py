@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     # (api/transport/batching.py); false: every engine call goes to a search thread.
     search_on_loop: bool = True
     max_upsert_batch: int = Field(10_000, ge=1)
+    # Upsert and batch-search bodies with JSON number lists are read by simdjson straight into
+    # float32 (api/transport/simd_rows.py), the same arrays as orjson's path at a third of the
+    # CPU; whatever it is not sure of goes the orjson way. False: always orjson (for A/B runs).
+    json_fast_path: bool = True
     max_dim: int = Field(4096, ge=1)
 
     # ---- online recall (engine/recall.py) ----

@@ -26,6 +26,7 @@ from ...engine.search_options import NO_OPTIONS, SearchOptions
 
 from ..deps import CollectionName, ready_manager
 from ..schemas import BatchSearchRequest, BatchSearchResponse, SearchRequest, SearchResponse, error_responses
+from ..transport import simd_rows
 from ..transport.json_pieces import Converted
 from ..transport.parsing import (
     get_bool,
@@ -123,7 +124,8 @@ async def answer_batch(state: State, collection: Any, chunks: list[bytes]) -> by
     """The `/search/batch` answer (JSON) for the body's chunks."""
     settings = state.settings
     queries, k, params, exact, options = await parse_body(
-        chunks, lambda raw: _parse_batch(raw, collection.dim, settings.max_k, settings.max_batch)
+        chunks,
+        lambda raw: _parse_batch(raw, collection.dim, settings.max_k, settings.max_batch, settings.json_fast_path),
     )
     hits = await state.batcher.search(collection, queries, k, params, exact, None, options or NO_OPTIONS)
     make = _batch_json if options is None else lambda rows: _batch_json(rows, options)
@@ -133,10 +135,13 @@ async def answer_batch(state: State, collection: Any, chunks: list[bytes]) -> by
 
 
 def _parse_batch(
-    raw: bytes | bytearray, dim: int, max_k: int, max_batch: int
+    raw: bytes | bytearray, dim: int, max_k: int, max_batch: int, fast: bool = True
 ) -> tuple[np.ndarray, int, dict | None, bool, SearchOptions | None]:
     """(queries (n, dim), k, params, exact, options) of a `/search/batch` body."""
-    body = load_object(raw, _BATCH_FIELDS, "vectors", lambda run, first: vectors_from_lists(run, dim, first=first))
+    body = load_object(
+        raw, _BATCH_FIELDS, "vectors", lambda run, first: vectors_from_lists(run, dim, first=first),
+        simd_rows.query_rows(dim) if fast else None,
+    )  # fmt: skip
     k, params, exact = get_k(body, max_k), get_params(body), get_bool(body, "exact")
     options = get_options(body)
     if ("vectors" in body) == ("vectors_b64" in body):

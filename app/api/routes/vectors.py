@@ -20,6 +20,7 @@ from ..schemas import (
     VectorRecord,
     error_responses,
 )
+from ..transport import simd_rows
 from ..transport.json_pieces import Converted, convert_list
 from ..transport.parsing import (
     decode_b64,
@@ -52,13 +53,19 @@ async def upsert_vectors(request: Request, collection: CollectionDep, settings: 
     """Insert or replace items; once the 200 is sent the write survives a crash."""
     dim, cap = collection.dim, settings.max_upsert_batch
     chunks = await body_chunks(request.stream())
-    ids, vectors, payloads = await parse_body(chunks, lambda raw: _parse_upsert(raw, dim, cap))
+    fast = settings.json_fast_path
+    ids, vectors, payloads = await parse_body(chunks, lambda raw: _parse_upsert(raw, dim, cap, fast))
     # The engine checks the items, writes them to its store and syncs: off the event loop.
     return dumps({"upserted": await run_in_threadpool(_write, collection, ids, vectors, payloads, settings)})
 
 
-def _parse_upsert(raw: bytes | bytearray, dim: int, max_items: int) -> tuple[list, np.ndarray, list]:
-    body = load_object(raw, _UPSERT_FIELDS, "items", lambda run, first: item_run(run, first, dim))
+def _parse_upsert(
+    raw: bytes | bytearray, dim: int, max_items: int, fast: bool = True
+) -> tuple[list, np.ndarray, list]:  # fmt: skip
+    body = load_object(
+        raw, _UPSERT_FIELDS, "items", lambda run, first: item_run(run, first, dim),
+        simd_rows.item_rows(dim) if fast else None,
+    )  # fmt: skip
     return parse_items(body.get("items"), dim, max_items)
 
 

@@ -17,6 +17,10 @@ and the rest of the body must parse with the list replaced by a marker, found ex
 the value of a top-level member. A wrong guess can only make a piece fail; the piece then grows
 to the next guess, and after a few failures the body is parsed whole. So the values, and the
 errors, are always orjson's own; `convert` sees the same elements either way.
+
+`loads_with(raw, key, parse)` cuts the same way but reads each piece with `parse` (simd_rows:
+simdjson straight into float32) and gives None, for the body to be parsed as above, whenever a
+piece parser declines or the cuts do not work out.
 """
 
 from __future__ import annotations
@@ -43,6 +47,25 @@ _MARK_TEXT = b'"' + _MARK_CONTENT + b'"'
 _MARK = "\x00annserve:pieces"
 
 Convert = Callable[[list, int], T]  # (a run of consecutive elements, the index of its first)
+
+
+class Declined(Exception):
+    """Raised by a piece parser given to `loads_with` that is not sure to read a piece exactly
+    as orjson and the usual conversion would: the body is then parsed the usual way."""
+
+
+@dataclass
+class Parsed(Generic[T]):
+    """What a piece parser made of one piece: `value`, converted from `count` elements."""
+
+    value: T
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+
+ParsePiece = Callable[[memoryview | bytes], "Parsed | None"]  # a piece's elements (no brackets) -> None: invalid
 
 
 @dataclass
@@ -102,6 +125,20 @@ def loads(raw: bytes | bytearray, key: str, convert: Convert, piece_bytes: int =
     return body
 
 
+def loads_with(raw: bytes | bytearray, key: str, parse: ParsePiece, piece_bytes: int = PIECE_BYTES) -> dict | None:
+    """The body (a JSON object, as orjson reads it) with its list member `key` read by `parse` a
+    piece at a time, as `Converted` of the pieces' values; None when `parse` declines a piece
+    (`Declined`), or finds a piece invalid that no regrowth mends, or the list is not there."""
+    try:
+        return _in_pieces(memoryview(raw), key, _value_of, piece_bytes, parse=parse, whole=True)
+    except Declined:
+        return None
+
+
+def _value_of(parsed: Parsed, first: int) -> Any:
+    return parsed.value
+
+
 def convert_list(elements: list, convert: Convert, run: int | None = RUN) -> Converted:
     """`elements` converted `run` at a time (None: all in one run)."""
     converted: Converted = Converted()
@@ -113,8 +150,14 @@ def convert_list(elements: list, convert: Convert, run: int | None = RUN) -> Con
     return converted
 
 
-def _in_pieces(data: memoryview, key: str, convert: Convert, piece_bytes: int) -> dict | None:
-    """The body parsed piece by piece, or None when that does not work out (parse it whole)."""
+def _in_pieces(
+    data: memoryview, key: str, convert: Convert, piece_bytes: int,
+    parse: ParsePiece | None = None, whole: bool = False,
+) -> dict | None:  # fmt: skip
+    """The body parsed piece by piece, or None when that does not work out (parse it whole).
+    `parse` reads a piece's elements (orjson by default); `whole`: a list too short to cut is
+    read as one last piece rather than given up on."""
+    parse = parse or _parse_list
     found = re.search(b'"' + re.escape(key.encode()) + rb'"\s*:\s*\[', data)
     if found is None:
         return None
@@ -123,7 +166,7 @@ def _in_pieces(data: memoryview, key: str, convert: Convert, piece_bytes: int) -
     at = start  # the '[' or the comma the next piece starts after
     gap = _ELEMENT_GAP.search(data, at + piece_bytes)
     while gap is not None:
-        piece = _parse_list(data[at + 1 : gap.start(1)])
+        piece = parse(data[at + 1 : gap.start(1)])
         regrowths = 0
         while piece is None:  # a cut inside an element (or invalid JSON): grow the piece
             regrowths += 1
@@ -132,14 +175,14 @@ def _in_pieces(data: memoryview, key: str, convert: Convert, piece_bytes: int) -
             gap = _ELEMENT_GAP.search(data, gap.end(1))
             if gap is None:  # no cut left: the rest is the last piece
                 break
-            piece = _parse_list(data[at + 1 : gap.start(1)])
+            piece = parse(data[at + 1 : gap.start(1)])
         if gap is None:
             break
         converted.add(piece, convert)
         hand_over_gil()
         at = gap.start(1)
         gap = _ELEMENT_GAP.search(data, at + piece_bytes)
-    if at == start:
+    if at == start and not whole:
         return None  # too few elements to cut: parse it whole
     # The list's ']': the last one of the body, unless members after the list hold lists too.
     rest = bytes(data[at + 1 :])
@@ -148,7 +191,7 @@ def _in_pieces(data: memoryview, key: str, convert: Convert, piece_bytes: int) -
         end = rest.rfind(b"]", 0, end)
         if end < 0:
             return None
-        last = _parse_list(rest[:end])
+        last = parse(rest[:end])
         body = None if last is None else _with_marker(data[:start], rest[end + 1 :])
         if body is not None:
             converted.add(last, convert)
