@@ -48,6 +48,28 @@ def fastest_healthz(client, waiting) -> tuple:
     return best
 
 
+def healthz_while_a_search_waits(client, hold, search_body: dict) -> tuple:
+    """`hold(held, release)` runs on a thread of its own: it takes what a search will wait for,
+    sets `held`, and keeps it until `release` is set (or HOLD s). Meanwhile a search of
+    collection c with `search_body` is sent and /healthz timed (`fastest_healthz`). Returns
+    (the /healthz answer, its seconds, the search's answer)."""
+    held, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=hold, args=(held, release))
+    holder.start()
+    answer: dict = {}
+    searcher = threading.Thread(target=lambda: answer.update(r=client.post("/collections/c/search", json=search_body)))
+    try:
+        assert held.wait(10)
+        searcher.start()
+        time.sleep(0.3)  # the search has reached the engine and waits
+        health, took = fastest_healthz(client, lambda: "r" not in answer)
+    finally:
+        release.set()
+        holder.join(30)
+        searcher.join(30)
+    return health, took, answer["r"]
+
+
 def test_healthz_answers_while_a_search_waits_behind_a_writer(tmp_path):
     """A writer holds the shard's state lock: the search must not wait for it on the event
     loop (it could run there when nothing is in its way: batching.py), so /healthz answers."""
@@ -58,31 +80,16 @@ def test_healthz_answers_while_a_search_waits_behind_a_writer(tmp_path):
         items = [{"id": "a", "vector": [1, 0, 0, 0]}, {"id": "b", "vector": [0, 1, 0, 0]}]
         assert client.post("/collections/c/vectors", json={"items": items}).status_code == 200
         shard = client.app.state.manager.get("c")._shards[0]
-        held, release = threading.Event(), threading.Event()
 
-        def writer() -> None:
+        def writer(held, release) -> None:
             with shard._state.write():
                 held.set()
                 release.wait(HOLD)
 
-        holder = threading.Thread(target=writer)
-        holder.start()
-        answer: dict = {}
-        searcher = threading.Thread(
-            target=lambda: answer.update(r=client.post("/collections/c/search", json={"vector": [1, 0, 0, 0]}))
-        )
-        try:
-            assert held.wait(10)
-            searcher.start()
-            time.sleep(0.3)  # the search has reached the engine and waits for the writer
-            health, took = fastest_healthz(client, lambda: "r" not in answer)
-        finally:
-            release.set()
-            holder.join(30)
-            searcher.join(30)
+        health, took, answer = healthz_while_a_search_waits(client, writer, {"vector": [1, 0, 0, 0]})
         assert took < HEALTHZ_WITHIN, f"/healthz took {took * 1e3:.0f} ms while a search waited for a writer"
         assert health.status_code == 200
-        assert answer["r"].status_code == 200 and answer["r"].json()["results"][0]["id"] == "a"
+        assert answer.status_code == 200 and answer.json()["results"][0]["id"] == "a"
 
 
 def test_healthz_answers_while_a_search_waits_in_the_engine(tmp_path):
@@ -201,27 +208,14 @@ def test_healthz_answers_while_a_search_waits_for_another_ef_at_the_hnswlib_gate
         job = client.post("/collections/c/rebuild").json()
         assert wait_job(client, job["job_id"])["state"] == "succeeded"
         main = client.app.state.manager.get("c")._shards[0].main
-        held, release = threading.Event(), threading.Event()
 
-        def other_ef() -> None:
+        def other_ef(held, release) -> None:
             with main._gate.searching(main.search_params["ef"] + 100):
                 held.set()
                 release.wait(HOLD)
 
-        holder = threading.Thread(target=other_ef)
-        holder.start()
-        answer: dict = {}
         query = {"vector": glove.base[7].tolist(), "k": 1}
-        searcher = threading.Thread(target=lambda: answer.update(r=client.post("/collections/c/search", json=query)))
-        try:
-            assert held.wait(10)
-            searcher.start()
-            time.sleep(0.3)  # the search has reached the gate and waits there
-            health, took = fastest_healthz(client, lambda: "r" not in answer)
-        finally:
-            release.set()
-            holder.join(30)
-            searcher.join(30)
+        health, took, answer = healthz_while_a_search_waits(client, other_ef, query)
         assert took < HEALTHZ_WITHIN, f"/healthz took {took * 1e3:.0f} ms while a search waited at the ef gate"
         assert health.status_code == 200
-        assert answer["r"].status_code == 200 and answer["r"].json()["results"][0]["id"] == "g7"
+        assert answer.status_code == 200 and answer.json()["results"][0]["id"] == "g7"
