@@ -27,6 +27,7 @@ from .transport.metrics import MetricsMiddleware, ServiceMetrics
 from .transport.raw_body import RAW_BODY_MODELS
 from ..engine.errors import Conflict, NotFound, StorageError
 from ..engine.manager import CollectionManager
+from ..engine.memory import limit_arenas
 from .schemas import ErrorDetail
 from ..settings import Settings
 
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None, hot_path: bool = True) -> FastA
     """The service for `settings` (read from ANNSERVE_* when not given). `hot_path=False`
     leaves the searches to the router (same answers, more overhead; for tests)."""
     settings = settings or Settings()
+    limit_arenas()  # before the service's threads start (engine/memory.py)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
