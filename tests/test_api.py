@@ -318,6 +318,9 @@ def test_upsert_base64_rows_decoded_together_keep_their_bytes_and_errors(client,
         # A row one character short and the next one longer join into valid base64.
         ({5: good[:-4], 6: good + good[:4]}, ["items[5].vector_b64"]),
         ({10: bad_chars, 20: {"id": "p20", "vector_b64": good, "meta": 1}}, ["items[10].vector_b64", "invalid"]),
+        # Not strings at all (these were a 500: the joined decode took their length).
+        ({40: 5}, ["items[40].vector_b64", "expected a base64 string"]),
+        ({41: None}, ["items[41].vector_b64", "expected a base64 string"]),
     ]
     for changes, fragments in cases:
         sent = [{"id": f"q{i}", "vector_b64": good} for i in range(n)]

@@ -225,8 +225,9 @@ def vectors_from_b64_rows(values: list, dim: int) -> np.ndarray:
     row_bytes = 4 * dim
     if row_bytes % 3:
         return vectors_from_byte_rows([decode_b64(v, dim, "vector_b64") for v in values], dim)
-    # Every row of exactly its length: rows of other lengths could join into valid base64.
-    if set(map(len, values)) != {row_bytes // 3 * 4}:
+    # Every row a string of exactly its length: rows of other lengths could join into valid
+    # base64 (and a number or null has no length: the row-by-row pass names it).
+    if {len(v) if isinstance(v, str) else -1 for v in values} != {row_bytes // 3 * 4}:
         raise ValueError("vector_b64: expected base64 strings of one row each")
     try:
         raw = pybase64.b64decode_as_bytearray("".join(values), validate=True)
