@@ -25,6 +25,7 @@ from typing import Any
 
 import uvicorn
 
+from .engine.threads import available_cores  # light: no index library imported
 from .settings import Settings
 
 METRICS_DIR = Path("workers") / "metrics"  # under the data directory
@@ -35,10 +36,7 @@ def default_workers(settings: Settings) -> int:
     """One worker per core this process may run on; a router (which holds no data) one."""
     if settings.shard_urls:
         return 1
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # not Linux
-        return max(os.cpu_count() or 1, 1)
+    return available_cores()
 
 
 def _uvicorn_options(settings: Settings) -> dict[str, Any]:

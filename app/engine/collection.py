@@ -49,7 +49,7 @@ from .recall import RecallMonitor, RecallSampler, check_policy
 from .routing import positions_by_shard, shard_of
 from .shard import SearchParams, Shard, install_together, swap_together
 from .stats import CollectionStats, RebuildRefused
-from .threads import as_search_thread
+from .threads import as_search_thread, available_cores
 
 __all__ = ["Collection", "CollectionSpec", "Hits", "SPEC_FILE"]
 
@@ -65,7 +65,7 @@ SHARD_TIME_WEIGHT = 0.1
 # Collection._row_pieces); each piece keeps at least SPLIT_MIN_ROWS queries.
 SPLIT_ABOVE_SECONDS = 0.004
 SPLIT_MIN_ROWS = 16
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+CORES = available_cores()
 # A rebuild compacts deleted items away once tombstones pass this share of main (and this
 # count): past it, main spends memory and over-fetch work on items that no longer exist.
 TOMBSTONE_SHARE = 0.25

@@ -25,15 +25,17 @@ import logging
 import os
 from functools import cache
 
+from .threads import available_cores
+
 log = logging.getLogger(__name__)
 
 
 @cache
-def _malloc_trim():
-    """glibc's malloc_trim, or None where the C library has none."""
-    name = ctypes.util.find_library("c")
+def _libc_function(name: str):
+    """glibc's function `name` (malloc_trim, mallopt), or None where the C library has none."""
+    library = ctypes.util.find_library("c")
     try:
-        return getattr(ctypes.CDLL(name), "malloc_trim") if name else None
+        return getattr(ctypes.CDLL(library), name) if library else None
     except (OSError, AttributeError):
         return None
 
@@ -44,7 +46,7 @@ def release_freed_memory() -> bool:
     loop runs meanwhile; no gc.collect() here: it would hold the GIL, and the build's copies are
     numpy arrays that go with their last reference. Call it after a rebuild, never on a search's
     path."""
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim")
     if trim is None:
         return False
     trim(0)
@@ -59,12 +61,7 @@ def limit_arenas() -> bool:
     Left alone when MALLOC_ARENA_MAX is set (glibc read it at start) or the C library is not glibc."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = getattr(ctypes.CDLL(name), "mallopt") if name else None
-    except (OSError, AttributeError):
-        return False
+    mallopt = _libc_function("mallopt")
     if mallopt is None:
         return False
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return bool(mallopt(M_ARENA_MAX, max(2, cores)))
+    return bool(mallopt(M_ARENA_MAX, max(2, available_cores())))

@@ -8,9 +8,18 @@ setting is per OS thread, so rebuilds on the job thread keep every core.
 
 from __future__ import annotations
 
+import os
 import threading
 
 _local = threading.local()
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity on Linux), at least 1."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not Linux
+        return max(os.cpu_count() or 1, 1)
 
 
 def search_thread_init() -> None:
